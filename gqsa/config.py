@@ -1,0 +1,89 @@
+"""GQSAConfig: what to compress and how, validated on construction.
+
+The config is a small frozen dataclass. It is written as JSON into the
+``quantization_config`` of a saved model's ``config.json`` and read back from
+there, so every field must be JSON-serializable.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any
+
+CONFIG_VERSION = 1
+SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_GROUP_SIZES = (8, 16, 32, 64, 128)
+BALANCES = ("row", "layer")
+SALIENCIES = ("obs", "wanda")
+
+
+@dataclass(frozen=True)
+class GQSAConfig:
+    """Settings of one GQSA compression.
+
+    Attributes:
+        group_size: G, the number of consecutive input weights in a group.
+        sparsity: fraction of groups pruned in each layer (row: in each row), in [0, 1).
+        bits: bits per kept weight, one of 2, 3, 4, 8.
+        sym: symmetric quantization (zero point fixed at the middle of the grid).
+        balance: ``row`` keeps the same number of groups in every output row (even work per
+            row); ``layer`` ranks all groups of a layer together (rows get different counts).
+        saliency: ``obs`` (second-order, loss increase of removing a group, from H^-1) or
+            ``wanda`` (|w| * ||x|| summed over the group).
+        skip: module-name suffixes that stay dense (``lm_head`` by default).
+        damp: Hessian dampening, as a fraction of the mean of its diagonal.
+        block_size: columns processed together in the lazy-batch joint update.
+        clip_search: search a shrink of each group's range that minimises its rounding error.
+    """
+
+    group_size: int = 16
+    sparsity: float = 0.5
+    bits: int = 4
+    sym: bool = False
+    balance: str = "row"
+    saliency: str = "obs"
+    skip: tuple[str, ...] = ("lm_head",)
+    damp: float = 0.01
+    block_size: int = 128
+    clip_search: bool = True
+    version: int = field(default=CONFIG_VERSION)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "skip", tuple(self.skip))
+        _check(isinstance(self.group_size, int) and self.group_size in SUPPORTED_GROUP_SIZES,
+               f"group_size must be one of {SUPPORTED_GROUP_SIZES}, got {self.group_size!r}")
+        _check(isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0,
+               f"sparsity must be in [0, 1), got {self.sparsity!r}")
+        _check(self.bits in SUPPORTED_BITS, f"bits must be one of {SUPPORTED_BITS}, got {self.bits!r}")
+        _check(self.balance in BALANCES, f"balance must be one of {BALANCES}, got {self.balance!r}")
+        _check(self.saliency in SALIENCIES, f"saliency must be one of {SALIENCIES}, got {self.saliency!r}")
+        _check(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
+        _check(self.block_size > 0 and self.block_size % self.group_size == 0,
+               f"block_size must be a positive multiple of group_size, got {self.block_size!r}")
+        _check(self.version == CONFIG_VERSION,
+               f"config version {self.version} is not supported by this gqsa (knows {CONFIG_VERSION})")
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict, with ``quant_method`` so transformers can route it to gqsa."""
+        d = dataclasses.asdict(self)
+        d["skip"] = list(self.skip)
+        return {"quant_method": "gqsa", **d}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "GQSAConfig":
+        """Inverse of :meth:`to_dict`; unknown keys raise a ValueError naming them."""
+        d = {k: v for k, v in d.items() if k not in ("quant_method", "layers", "format_version", "stages")}
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - known)
+        _check(not unknown, f"unknown GQSAConfig keys {unknown}; known keys are {sorted(known)}")
+        return cls(**d)
+
+    def skips(self, name: str) -> bool:
+        """True when module ``name`` stays dense."""
+        return any(name == s or name.endswith("." + s) for s in self.skip)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

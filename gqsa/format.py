@@ -1,0 +1,147 @@
+"""The packed GQS layout of one compressed linear layer (format version 1).
+
+A weight W of shape [N, K] (out_features x in_features) is cut into groups of G
+consecutive input weights: K / G groups per row. Only kept groups are stored, in
+CSR order over rows (row by row, column groups ascending within a row):
+
+=========  ==========================  ============================================
+tensor     shape, dtype                meaning
+=========  ==========================  ============================================
+codes      [nnz, G*bits/8] uint8       the group's G codes as a little-endian bit
+                                       stream: code j occupies bits [j*b, j*b+b)
+col_idx    [nnz] int16                 column-group index g of each kept group
+                                       (its weights are W[r, g*G:(g+1)*G])
+row_ptr    [N+1] int32                 kept groups of row r are row_ptr[r]:row_ptr[r+1]
+scales     [nnz] float16               per-group scale s
+zeros      [nnz] uint8                 per-group integer zero point z
+=========  ==========================  ============================================
+
+A kept weight dequantizes to ``(q - z) * s``; a pruned one is 0. G*bits is a
+multiple of 8 for every supported G (8..128) and bits (2, 3, 4, 8), so a group
+fills whole bytes.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+FORMAT_VERSION = 1
+TENSOR_NAMES = ("codes", "col_idx", "row_ptr", "scales", "zeros")
+
+
+@dataclass
+class PackedGQS:
+    """The packed tensors of one layer and the shape facts needed to read them."""
+
+    codes: torch.Tensor
+    col_idx: torch.Tensor
+    row_ptr: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    out_features: int
+    in_features: int
+    group_size: int
+    bits: int
+
+    @property
+    def nnz(self) -> int:
+        """Number of kept groups."""
+        return int(self.col_idx.numel())
+
+    def nbytes(self) -> int:
+        """Bytes of all packed tensors (codes, indices, row pointers, scales, zeros)."""
+        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in TENSOR_NAMES)
+
+
+def check_shape(out_features: int, in_features: int, group_size: int, name: str = "layer") -> None:
+    """Raise a ValueError naming the layer when G does not divide its in_features."""
+    if in_features % group_size != 0:
+        raise ValueError(
+            f"group_size {group_size} does not divide in_features {in_features} of {name!r}; "
+            f"pick a group size that divides it or add {name.split('.')[-1]!r} to skip")
+    if in_features // group_size > torch.iinfo(torch.int16).max:
+        raise ValueError(f"{name!r} has {in_features // group_size} groups per row; the format holds at most 32767")
+
+
+def pack_codes(q: torch.Tensor, bits: int) -> torch.Tensor:
+    """Pack integer codes [nnz, G] (values in [0, 2^bits)) into bytes [nnz, G*bits/8]."""
+    nnz, g = q.shape
+    q = q.to(torch.uint8)
+    if 8 % bits == 0:  # 2, 4, 8 bits: whole codes per byte
+        per = 8 // bits
+        q = q.reshape(nnz, g // per, per).to(torch.int32)
+        shifts = torch.arange(per, dtype=torch.int32, device=q.device) * bits
+        return (q << shifts).sum(-1).to(torch.uint8)
+    bit_idx = torch.arange(bits, device=q.device, dtype=torch.uint8)
+    stream = ((q.unsqueeze(-1) >> bit_idx) & 1).reshape(nnz, g * bits // 8, 8).to(torch.int32)
+    weights = 1 << torch.arange(8, dtype=torch.int32, device=q.device)
+    return (stream * weights).sum(-1).to(torch.uint8)
+
+
+def unpack_codes(packed: torch.Tensor, bits: int, group_size: int) -> torch.Tensor:
+    """Inverse of :func:`pack_codes`: bytes [nnz, G*bits/8] -> codes [nnz, G] uint8."""
+    nnz = packed.shape[0]
+    if 8 % bits == 0:
+        per = 8 // bits
+        shifts = torch.arange(per, dtype=torch.uint8, device=packed.device) * bits
+        q = (packed.unsqueeze(-1) >> shifts) & ((1 << bits) - 1)
+        return q.reshape(nnz, group_size)
+    bit_idx = torch.arange(8, dtype=torch.uint8, device=packed.device)
+    stream = ((packed.unsqueeze(-1) >> bit_idx) & 1).reshape(nnz, group_size, bits).to(torch.int32)
+    weights = 1 << torch.arange(bits, dtype=torch.int32, device=packed.device)
+    return (stream * weights).sum(-1).to(torch.uint8)
+
+
+def pack_layer(q: torch.Tensor, keep: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor,
+               group_size: int, bits: int) -> PackedGQS:
+    """Pack a quantized layer.
+
+    Args:
+        q: integer codes [N, K] (any integer or float dtype holding integers in [0, 2^bits)).
+        keep: kept-group mask [N, K/G] bool.
+        scales: per-group scales [N, K/G] (float); only kept groups are stored.
+        zeros: per-group integer zero points [N, K/G].
+    """
+    n, k = q.shape
+    ng = k // group_size
+    if keep.shape != (n, ng):
+        raise ValueError(f"keep mask has shape {tuple(keep.shape)}, expected {(n, ng)}")
+    maxq = (1 << bits) - 1
+    qg = q.reshape(n, ng, group_size)[keep]
+    if qg.numel() and (qg.min() < 0 or qg.max() > maxq):
+        raise ValueError(f"codes out of range [0, {maxq}] for {bits}-bit packing")
+    counts = keep.sum(1)
+    row_ptr = torch.zeros(n + 1, dtype=torch.int32)
+    row_ptr[1:] = torch.cumsum(counts, 0).to(torch.int32)
+    col = torch.arange(ng).expand(n, ng)[keep]
+    return PackedGQS(
+        codes=pack_codes(qg.cpu().round().to(torch.uint8), bits),
+        col_idx=col.to(torch.int16).cpu(),
+        row_ptr=row_ptr,
+        scales=scales[keep].to(torch.float16).cpu(),
+        zeros=zeros[keep].round().clamp(0, maxq).to(torch.uint8).cpu(),
+        out_features=n, in_features=k, group_size=group_size, bits=bits)
+
+
+def row_of_groups(row_ptr: torch.Tensor) -> torch.Tensor:
+    """Row index [nnz] (int64) of each kept group, from CSR row pointers [N+1]."""
+    counts = (row_ptr[1:] - row_ptr[:-1]).to(torch.int64)
+    return torch.repeat_interleave(torch.arange(counts.numel(), device=row_ptr.device), counts)
+
+
+def dequantize(p: PackedGQS, dtype: torch.dtype = torch.float32, scales: torch.Tensor | None = None) -> torch.Tensor:
+    """Dense weight [N, K] of a packed layer; pruned groups are 0.
+
+    ``scales`` overrides ``p.scales`` (same shape): E2E-OQP passes trainable scales here
+    so the dense weight stays differentiable with respect to them.
+    """
+    s = p.scales if scales is None else scales
+    q = unpack_codes(p.codes, p.bits, p.group_size).to(dtype)
+    w = (q - p.zeros.to(dtype).unsqueeze(1)) * s.to(dtype).unsqueeze(1)
+    ng = p.in_features // p.group_size
+    rows = row_of_groups(p.row_ptr)
+    dense = torch.zeros(p.out_features, ng, p.group_size, dtype=dtype, device=w.device)
+    dense = dense.index_put((rows, p.col_idx.to(torch.int64)), w)
+    return dense.reshape(p.out_features, p.in_features)

@@ -1,0 +1,1 @@
+"""Compute paths of GQSLinear: a pure-PyTorch reference and (on CUDA) Triton kernels."""

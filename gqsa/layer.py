@@ -1,0 +1,74 @@
+"""GQSLinear: an nn.Module holding one layer in the packed GQS format.
+
+It replaces an ``nn.Linear`` inside a transformers model. Its state dict holds the
+packed tensors of :mod:`gqsa.format` (``codes``, ``col_idx``, ``row_ptr``, ``scales``,
+``zeros``, optional ``bias``), so saving and loading go through safetensors as for any
+module. The forward pass dispatches on device: the pure-PyTorch reference on CPU, the
+GPU kernels (when present) on CUDA.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from gqsa.format import FORMAT_VERSION, PackedGQS, check_shape
+
+
+class GQSLinear(nn.Module):
+    """A linear layer with group-sparse, group-quantized weights.
+
+    Args:
+        in_features, out_features: as nn.Linear (K and N).
+        nnz: number of kept groups (fixes the shapes of the packed buffers).
+        group_size, bits: G and b.
+        bias: whether the layer has a bias.
+        dtype: dtype of the bias.
+    """
+
+    format_version = FORMAT_VERSION
+
+    def __init__(self, in_features: int, out_features: int, nnz: int, group_size: int = 16, bits: int = 4,
+                 bias: bool = False, dtype: torch.dtype = torch.float16, device: torch.device | str | None = None):
+        super().__init__()
+        check_shape(out_features, in_features, group_size)
+        self.in_features, self.out_features = in_features, out_features
+        self.group_size, self.bits = group_size, bits
+        kw = {"device": device}
+        self.register_buffer("codes", torch.zeros(nnz, group_size * bits // 8, dtype=torch.uint8, **kw))
+        self.register_buffer("col_idx", torch.zeros(nnz, dtype=torch.int16, **kw))
+        self.register_buffer("row_ptr", torch.zeros(out_features + 1, dtype=torch.int32, **kw))
+        self.register_buffer("scales", torch.ones(nnz, dtype=torch.float16, **kw))
+        self.register_buffer("zeros", torch.zeros(nnz, dtype=torch.uint8, **kw))
+        self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, **kw) if bias else None)
+
+    @classmethod
+    def from_packed(cls, packed: PackedGQS, bias: torch.Tensor | None = None) -> "GQSLinear":
+        """Build a layer around packed tensors (moved to the bias's device, if any)."""
+        device = None if bias is None else bias.device
+        dtype = torch.float16 if bias is None else bias.dtype
+        layer = cls(packed.in_features, packed.out_features, packed.nnz, packed.group_size, packed.bits,
+                    bias is not None, dtype, device="meta")
+        for name in ("codes", "col_idx", "row_ptr", "scales", "zeros"):
+            setattr(layer, name, getattr(packed, name).to(device) if device else getattr(packed, name))
+        if bias is not None:
+            layer.bias = bias.detach().clone()
+        return layer
+
+    @property
+    def nnz(self) -> int:
+        return int(self.col_idx.numel())
+
+    def packed(self) -> PackedGQS:
+        """The layer's tensors as a :class:`PackedGQS` (no copies)."""
+        return PackedGQS(self.codes, self.col_idx, self.row_ptr, self.scales, self.zeros,
+                         self.out_features, self.in_features, self.group_size, self.bits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        from gqsa.kernels.dispatch import gqs_linear
+        return gqs_linear(x, self.packed(), self.bias)
+
+    def extra_repr(self) -> str:
+        kept = self.nnz / max(1, self.out_features * self.in_features // self.group_size)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
+                f"bits={self.bits}, kept={kept:.3f}, bias={self.bias is not None}")
