@@ -1,0 +1,20 @@
+"""gqsa: group sparsity + group quantization for Hugging Face causal LMs.
+
+The common case in three calls::
+
+    import gqsa
+    report = gqsa.compress(model, gqsa.GQSAConfig(sparsity=0.5, bits=4), calib_ids)
+    gqsa.save_compressed(model, "out", config, source="path/to/original")
+    model = gqsa.load("out")  # or transformers.AutoModelForCausalLM.from_pretrained("out")
+"""
+
+from gqsa.config import GQSAConfig
+from gqsa.hf import load, save_compressed
+from gqsa.hf_quantizer import register as _register
+from gqsa.layer import GQSLinear
+from gqsa.pipeline import compress
+
+_register()
+
+__all__ = ["GQSAConfig", "GQSLinear", "compress", "load", "save_compressed"]
+__version__ = "0.1.0"

@@ -1,0 +1,165 @@
+"""Saving and loading compressed models as normal transformers folders.
+
+A saved folder holds safetensors shards, ``config.json`` with a ``quantization_config``
+(``quant_method: gqsa``, the :class:`GQSAConfig`, the format version and the kept-group
+count of every compressed layer), and the tokenizer/generation files of the source.
+
+Two ways back: :func:`load` (ours, builds the model on the meta device, swaps in
+GQSLinear layers and assigns the safetensors tensors), and, after ``import gqsa``,
+``AutoModelForCausalLM.from_pretrained(path)`` through the quantizer registered in
+:mod:`gqsa.hf_quantizer`. Weights are only ever read through safetensors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors.torch import load_file
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM
+
+from gqsa.config import GQSAConfig
+from gqsa.format import FORMAT_VERSION
+from gqsa.layer import GQSLinear
+from gqsa.models import set_submodule
+
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
+                   "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json", "chat_template.jinja")
+
+
+def quantization_dict(model: nn.Module, config: GQSAConfig, stages: dict[str, Any] | None = None) -> dict:
+    """The ``quantization_config`` entry: config, format version, per-layer kept-group counts."""
+    layers = {n: {"nnz": m.nnz, "bias": m.bias is not None}
+              for n, m in model.named_modules() if isinstance(m, GQSLinear)}
+    return {**config.to_dict(), "format_version": FORMAT_VERSION, "layers": layers, "stages": stages or {}}
+
+
+def save_compressed(model: nn.Module, out: str | os.PathLike, config: GQSAConfig, source: str | os.PathLike | None = None,
+                    stages: dict[str, Any] | None = None, overwrite: bool = False,
+                    max_shard_size: str = "2GB") -> Path:
+    """Save a compressed model atomically to ``out``.
+
+    Everything is written into a temporary folder beside ``out`` and renamed into place
+    at the end, so an interrupted save leaves no folder at ``out``. Tokenizer and
+    generation files are copied from ``source`` (the original model folder) when given.
+    """
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        model.config.quantization_config = quantization_dict(model, config, stages)
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        _copy_tokenizer_files(source, tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def _copy_tokenizer_files(source: str | os.PathLike | None, dest: Path) -> None:
+    if source is None or not Path(source).is_dir():
+        return
+    for name in TOKENIZER_FILES:
+        if (Path(source) / name).exists() and not (dest / name).exists():
+            shutil.copy2(Path(source) / name, dest / name)
+
+
+def _replace_dir(tmp: Path, out: Path) -> None:
+    """Move ``tmp`` to ``out``; an existing ``out`` is moved aside first and removed after."""
+    old = None
+    if out.exists():
+        old = out.with_name(f".{out.name}.old-{os.getpid()}")
+        os.replace(out, old)
+    os.replace(tmp, out)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_quantization_config(path: str | os.PathLike) -> dict:
+    """The gqsa ``quantization_config`` of a saved folder, checked for method and version."""
+    cfg_path = Path(path) / "config.json"
+    if not cfg_path.exists():
+        raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder")
+    qc = json.loads(cfg_path.read_text()).get("quantization_config")
+    if not qc or qc.get("quant_method") != "gqsa":
+        raise ValueError(f"{path} is not a gqsa-compressed model (quantization_config: {qc and qc.get('quant_method')})")
+    check_format_version(qc)
+    return qc
+
+
+def check_format_version(qc: dict) -> None:
+    """Raise a clear error for a packed-format version this gqsa cannot read."""
+    version = qc.get("format_version")
+    if version != FORMAT_VERSION:
+        raise ValueError(f"gqsa format version {version} is not supported (this gqsa reads version "
+                         f"{FORMAT_VERSION}); re-compress the model or install a matching gqsa")
+
+
+def replace_with_gqs_layers(model: nn.Module, qc: dict, device: torch.device | str | None = None) -> None:
+    """Swap the nn.Linear layers named in ``qc['layers']`` for empty GQSLinear layers."""
+    G, bits = qc["group_size"], qc["bits"]
+    dtype = getattr(model.config, "dtype", None) or torch.float16
+    dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
+    for name, info in qc["layers"].items():
+        lin = model.get_submodule(name)
+        new = GQSLinear(lin.in_features, lin.out_features, info["nnz"], G, bits, info["bias"], dtype, device=device)
+        set_submodule(model, name, new)
+
+
+def load(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+         trust_remote_code: bool = False) -> nn.Module:
+    """Load a gqsa-compressed folder as a transformers causal LM on ``device``.
+
+    ``dtype`` is the dtype of the dense parts (embeddings, norms, skipped layers);
+    default: the dtype saved in the config.
+    """
+    qc = read_quantization_config(path)
+    config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+    config.quantization_config = None
+    dtype = dtype or _config_dtype(config)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
+    replace_with_gqs_layers(model, qc, device="meta")
+    state = {}
+    for f in sorted(Path(path).glob("*.safetensors")):
+        state.update(load_file(f, device=str(device)))
+    _load_state(model, state, dtype)
+    model.config.quantization_config = qc
+    return model.eval()
+
+
+def _config_dtype(config) -> torch.dtype:
+    dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float16
+    return getattr(torch, dtype) if isinstance(dtype, str) else dtype
+
+
+def _load_state(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+    """Assign saved tensors (floating dense ones cast to ``dtype``), tie weights, check completeness."""
+    gqs_names = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, GQSLinear)
+                 for t in ("codes", "col_idx", "row_ptr", "scales", "zeros")}
+    state = {k: (v.to(dtype) if v.is_floating_point() and k not in gqs_names else v) for k, v in state.items()}
+    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    model.tie_weights()
+    _rebuild_meta_buffers(model, next(iter(state.values())).device)
+    still_meta = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
+    if unexpected or still_meta:
+        raise ValueError(f"checkpoint does not match the model: unexpected {unexpected[:5]}, missing {still_meta[:5]}")
+
+
+def _rebuild_meta_buffers(model: nn.Module, device: torch.device) -> None:
+    """Rebuild modules whose non-persistent buffers (rotary ``inv_freq``) were made on the
+    meta device: they hold no parameters and are constructed again from their config."""
+    for name, m in list(model.named_modules()):
+        own = list(m.named_buffers(recurse=False))
+        if own and any(b.is_meta for _, b in own) and not list(m.parameters(recurse=False)) and hasattr(m, "config"):
+            with torch.device(device):
+                set_submodule(model, name, type(m)(config=m.config))

@@ -1,0 +1,90 @@
+"""The joint group-prune + group-quantize update (SparseGPT/GPTQ style, GQSA sec. 3).
+
+Columns are processed left to right. At the first column of each group the group's
+scale/zero are fixed from the (already updated) weights of that group. Each column is
+then quantized (kept groups) or set to zero (pruned groups), and its error is spread over
+the columns not yet processed through the upper Cholesky factor U of H^-1:
+``W[:, j] -= (w_i - w^_i) / U_ii * U_ij`` for j > i (GPTQ eq. 2-3; SparseGPT sec. 3.2).
+Columns are handled in lazy blocks of ``block_size`` to keep the updates matrix-shaped.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from gqsa.solver.quant import dequantize_codes, group_params, quantize
+
+
+@dataclass
+class LayerResult:
+    """Output of the solver for one layer: codes [N, K] (float of ints), scales and
+    zeros [N, K/G], the keep mask [N, K/G] and the dequantized, pruned weight [N, K]."""
+
+    codes: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+    keep: torch.Tensor
+    weight: torch.Tensor
+
+
+def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor, group_size: int, bits: int,
+                   sym: bool = False, clip_search: bool = True, block_size: int = 128) -> LayerResult:
+    """Jointly prune (mask fixed) and quantize W [N, K] with error compensation.
+
+    Args:
+        W: [N, K] float32 weights (not modified). U: [K, K] upper Cholesky factor of H^-1.
+        keep: [N, K/G] bool, the groups that stay. Returns a :class:`LayerResult`.
+    """
+    W = W.clone().float()
+    n, k = W.shape
+    ng = k // group_size
+    keep_cols = keep.repeat_interleave(group_size, dim=1)
+    codes = torch.zeros_like(W)
+    out = torch.zeros_like(W)
+    scales = torch.ones(n, ng, device=W.device)
+    zeros = torch.zeros(n, ng, device=W.device)
+    for i1 in range(0, k, block_size):
+        i2 = min(i1 + block_size, k)
+        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
+        Err1 = torch.zeros_like(W1)
+        for i in range(i2 - i1):
+            col = i1 + i
+            if col % group_size == 0:
+                g = col // group_size
+                scales[:, g], zeros[:, g] = group_params(W1[:, i:i + group_size], bits, sym, clip_search)
+            g = col // group_size
+            w = W1[:, i]
+            q = quantize(w.unsqueeze(1), scales[:, g], zeros[:, g], bits).squeeze(1)
+            dq = dequantize_codes(q.unsqueeze(1), scales[:, g], zeros[:, g]).squeeze(1)
+            kept = keep_cols[:, col]
+            dq = torch.where(kept, dq, torch.zeros_like(dq))
+            codes[:, col] = torch.where(kept, q, torch.zeros_like(q))
+            out[:, col] = dq
+            err = (w - dq) / U1[i, i]
+            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
+            Err1[:, i] = err
+        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+    return LayerResult(codes, scales, zeros, keep, out)
+
+
+def round_to_nearest(W: torch.Tensor, keep: torch.Tensor, group_size: int, bits: int,
+                     sym: bool = False, clip_search: bool = False) -> LayerResult:
+    """Prune by mask and round each kept group to nearest, with no compensation (the naive baseline)."""
+    n, k = W.shape
+    Wg = W.float().reshape(n * (k // group_size), group_size)
+    s, z = group_params(Wg, bits, sym, clip_search)
+    q = quantize(Wg, s, z, bits)
+    dq = dequantize_codes(q, s, z).reshape(n, k)
+    kc = keep.repeat_interleave(group_size, dim=1)
+    return LayerResult(torch.where(kc, q.reshape(n, k), 0.0), s.reshape(n, -1), z.reshape(n, -1), keep,
+                       torch.where(kc, dq, 0.0))
+
+
+def output_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:
+    """Relative layer-output error tr(D H D^T) / tr(W H W^T), D = W - W_hat (H from calibration)."""
+    D = (W - W_hat).float()
+    num = torch.einsum("ij,jk,ik->", D, H, D)
+    den = torch.einsum("ij,jk,ik->", W.float(), H, W.float())
+    return float(num / den.clamp_min(1e-30))

@@ -1,0 +1,53 @@
+"""Asymmetric/symmetric uniform quantization grid of one group (scale, integer zero point).
+
+A weight w maps to the code q = clamp(round(w / s) + z, 0, 2^b - 1) and back to (q - z) * s.
+Scales are rounded to float16 here, since that is what the packed format stores: the
+solver must compensate the error of the weights that will actually be used.
+"""
+
+from __future__ import annotations
+
+import torch
+
+CLIP_GRID = torch.linspace(1.0, 0.70, 16).tolist()
+
+
+def minmax_params(w: torch.Tensor, bits: int, sym: bool, shrink: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale and zero point [R] of each row of w [R, G] from its (shrunk) range."""
+    maxq = (1 << bits) - 1
+    lo = torch.clamp(w.min(1).values, max=0) * shrink
+    hi = torch.clamp(w.max(1).values, min=0) * shrink
+    if sym:
+        hi = torch.maximum(lo.abs(), hi)
+        lo = -hi
+    flat = hi == lo
+    lo, hi = torch.where(flat, -torch.ones_like(lo), lo), torch.where(flat, torch.ones_like(hi), hi)
+    scale = ((hi - lo) / maxq).to(torch.float16).float().clamp_min(1e-7)
+    zero = torch.full_like(scale, (maxq + 1) // 2) if sym else torch.round(-lo / scale).clamp(0, maxq)
+    return scale, zero
+
+
+def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
+    """Integer codes of w [R, C] for per-row scale/zero [R] (as float tensor of integers)."""
+    maxq = (1 << bits) - 1
+    return torch.clamp(torch.round(w / scale.unsqueeze(1)) + zero.unsqueeze(1), 0, maxq)
+
+
+def dequantize_codes(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+    """(q - z) * s for codes q [R, C] and per-row scale/zero [R]."""
+    return (q - zero.unsqueeze(1)) * scale.unsqueeze(1)
+
+
+def group_params(w: torch.Tensor, bits: int, sym: bool, clip_search: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scale/zero [R] for each row of w [R, G]; with clip_search, the range shrink in
+    CLIP_GRID that gives the smallest squared rounding error of that row."""
+    scale, zero = minmax_params(w, bits, sym)
+    if not clip_search:
+        return scale, zero
+    best = (dequantize_codes(quantize(w, scale, zero, bits), scale, zero) - w).pow(2).sum(1)
+    for shrink in CLIP_GRID[1:]:
+        s, z = minmax_params(w, bits, sym, shrink)
+        err = (dequantize_codes(quantize(w, s, z, bits), s, z) - w).pow(2).sum(1)
+        better = err < best
+        scale, zero, best = torch.where(better, s, scale), torch.where(better, z, zero), torch.minimum(err, best)
+    return scale, zero

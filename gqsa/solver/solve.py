@@ -1,0 +1,34 @@
+"""One layer, end to end: Hessian -> group scores -> mask -> joint prune + quantize."""
+
+from __future__ import annotations
+
+import torch
+
+from gqsa.config import GQSAConfig
+from gqsa.solver.hessian import HessianAccumulator, damped_inverse, dead_inputs, inverse_cholesky_upper
+from gqsa.solver.prune_quant import LayerResult, prune_quantize
+from gqsa.solver.saliency import obs_group_scores, select_groups, wanda_group_scores
+
+
+def choose_mask(W: torch.Tensor, acc: HessianAccumulator, Hinv: torch.Tensor, config: GQSAConfig) -> torch.Tensor:
+    """Keep-mask [N, K/G] from the configured saliency and balance."""
+    if config.saliency == "obs":
+        scores = obs_group_scores(W, Hinv, config.group_size)
+    else:
+        scores = wanda_group_scores(W, acc.sq_norm, config.group_size)
+    return select_groups(scores, config.sparsity, config.balance)
+
+
+def solve_layer(weight: torch.Tensor, acc: HessianAccumulator, config: GQSAConfig) -> LayerResult:
+    """Compress one weight [N, K] given its accumulated calibration Hessian.
+
+    Inputs that were always zero on the calibration data get weight 0 (they cannot
+    contribute), as in GPTQ. Runs in float32 on the Hessian's device.
+    """
+    W = weight.detach().to(acc.H.device, torch.float32).clone()
+    W[:, dead_inputs(acc.H)] = 0
+    Hinv = damped_inverse(acc.H, config.damp)
+    keep = choose_mask(W, acc, Hinv, config)
+    U = inverse_cholesky_upper(Hinv)
+    return prune_quantize(W, U, keep, config.group_size, config.bits, config.sym,
+                          config.clip_search, config.block_size)
