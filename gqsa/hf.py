@@ -42,12 +42,13 @@ def quantization_dict(model: nn.Module, config: GQSAConfig, stages: dict[str, An
 
 def save_compressed(model: nn.Module, out: str | os.PathLike, config: GQSAConfig, source: str | os.PathLike | None = None,
                     stages: dict[str, Any] | None = None, overwrite: bool = False,
-                    max_shard_size: str = "2GB") -> Path:
+                    max_shard_size: str = "2GB", log: dict[str, Any] | None = None) -> Path:
     """Save a compressed model atomically to ``out``.
 
     Everything is written into a temporary folder beside ``out`` and renamed into place
     at the end, so an interrupted save leaves no folder at ``out``. Tokenizer and
-    generation files are copied from ``source`` (the original model folder) when given.
+    generation files are copied from ``source`` (the original model folder) when given;
+    ``log`` is written as ``gqsa_log.json`` inside the same atomic step.
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -58,6 +59,8 @@ def save_compressed(model: nn.Module, out: str | os.PathLike, config: GQSAConfig
         model.config.quantization_config = quantization_dict(model, config, stages)
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         _copy_tokenizer_files(source, tmp)
+        if log is not None:
+            (tmp / "gqsa_log.json").write_text(json.dumps(log, indent=2, default=str))
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

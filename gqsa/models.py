@@ -9,6 +9,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from gqsa.layer import GQSLinear
+
 TESTED_MODEL_TYPES = ("llama", "qwen2", "mistral", "opt")
 
 
@@ -16,7 +18,7 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
     """Name and ModuleList of the decoder blocks; ValueError saying what was found otherwise."""
     best, best_size = None, 0
     for name, module in model.named_modules():
-        if isinstance(module, nn.ModuleList) and len(module) and all(find_linears(m) for m in module):
+        if isinstance(module, nn.ModuleList) and len(module) and all(_has_linear(m) for m in module):
             size = sum(p.numel() for p in module.parameters())
             if size > best_size:
                 best, best_size = (name, module), size
@@ -26,6 +28,11 @@ def find_blocks(model: nn.Module) -> tuple[str, nn.ModuleList]:
                          f"module types present: {kinds}. gqsa supports decoder-only models whose blocks use "
                          f"nn.Linear (tested: {', '.join(TESTED_MODEL_TYPES)}).")
     return best
+
+
+def _has_linear(module: nn.Module) -> bool:
+    """True when ``module`` holds a dense or an already compressed linear layer."""
+    return any(isinstance(m, (nn.Linear, GQSLinear)) for m in module.modules())
 
 
 def find_linears(module: nn.Module) -> dict[str, nn.Linear]:

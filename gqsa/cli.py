@@ -1,0 +1,158 @@
+"""The ``gqsa`` command: compress, eval, generate, info, demo, bench, report.
+
+Only argument parsing and printing live here; each command calls library functions
+with explicit parameters.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from gqsa.config import GQSAConfig
+
+
+def _add_runtime(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
+    p.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto (fp32 on CPU, fp16 on GPU)")
+
+
+def _add_compress(sub) -> None:
+    p = sub.add_parser("compress", help="compress a causal LM folder into a gqsa folder")
+    p.add_argument("model", help="model folder, hub id, or 'smollm2' (the offline default)")
+    p.add_argument("out", help="output folder (written atomically)")
+    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of groups pruned (default 0.5)")
+    p.add_argument("--bits", type=int, default=4, help="bits per kept weight: 2, 3, 4 or 8 (default 4)")
+    p.add_argument("--group-size", type=int, default=16, help="G: 8, 16, 32, 64 or 128 (default 16)")
+    p.add_argument("--balance", default="row", choices=["row", "layer"], help="same groups per row, or per layer")
+    p.add_argument("--saliency", default="obs", choices=["obs", "wanda"], help="group importance score")
+    p.add_argument("--sym", action="store_true", help="symmetric quantization")
+    p.add_argument("--no-clip-search", action="store_true", help="plain min-max ranges")
+    p.add_argument("--skip", nargs="*", default=["lm_head"], help="module names kept dense")
+    p.add_argument("--calib", default="coqa", help="calibration text: builtin name, .txt/.jsonl/folder, or wikitext2/c4")
+    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
+    p.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
+    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per block forward")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_runtime(p)
+
+
+def _add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="perplexity of a model folder (original or compressed)")
+    p.add_argument("model")
+    p.add_argument("--ppl", nargs="+", default=["boolq"], help="held-out texts (builtin names or paths)")
+    p.add_argument("--seqlen", type=int, default=1024)
+    p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--json", default=None, help="write the results here (default: print only)")
+    _add_runtime(p)
+
+
+def _add_generate(sub) -> None:
+    p = sub.add_parser("generate", help="greedy generation from a prompt")
+    p.add_argument("model")
+    p.add_argument("--prompt", required=True)
+    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
+    _add_runtime(p)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="gqsa", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    _add_compress(sub)
+    _add_eval(sub)
+    _add_generate(sub)
+    p = sub.add_parser("info", help="size, bits per weight and sparsity of a compressed folder")
+    p.add_argument("path")
+    p.add_argument("--layers", action="store_true", help="print every layer")
+    p = sub.add_parser("demo", help="the offline demo: SmolLM2 compressed at W4 S50 G16 on CPU, before vs after")
+    p.add_argument("--out", default=None, help="where to keep the compressed model (default: a cache folder)")
+    p.add_argument("--windows", type=int, default=16, help="evaluation windows of 1024 tokens")
+    return parser
+
+
+def cmd_compress(a: argparse.Namespace) -> int:
+    from gqsa.loading import pick_device, pick_dtype
+    from gqsa.workflow import compress_folder
+    config = GQSAConfig(group_size=a.group_size, sparsity=a.sparsity, bits=a.bits, sym=a.sym, balance=a.balance,
+                        saliency=a.saliency, skip=tuple(a.skip), clip_search=not a.no_clip_search)
+    device = pick_device(a.device)
+    log = compress_folder(a.model, a.out, config, a.calib, a.nsamples, a.seqlen, device,
+                          pick_dtype(a.dtype, device), a.seed, a.batch_size, a.overwrite)
+    _print_compress_summary(log, a.out)
+    return 0
+
+
+def _print_compress_summary(log: dict, out: str) -> None:
+    mb = 1 / 2**20
+    orig = log.get("original_bytes")
+    rows = [("output", out),
+            ("size before", f"{orig * mb:.1f} MiB" if orig else "n/a"),
+            ("size after", f"{log['compressed_bytes'] * mb:.1f} MiB"),
+            ("bits per weight (compressed layers)", f"{log['bits_per_weight']:.3f}")]
+    rows += [(f"time: {k}", f"{v:.1f} s") for k, v in log["times"].items()]
+    rows.append(("peak memory", f"{log['stages']['oneshot']['peak_memory_bytes'] * mb:.0f} MiB"))
+    _table(rows)
+
+
+def _table(rows: list[tuple[str, str]]) -> None:
+    width = max(len(k) for k, _ in rows)
+    for k, v in rows:
+        print(f"{k:<{width}}  {v}")
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from gqsa.evaluate import evaluate_perplexities
+    from gqsa.loading import pick_device, pick_dtype
+    device = pick_device(a.device)
+    results = evaluate_perplexities(a.model, a.ppl, a.seqlen, device, pick_dtype(a.dtype, device), a.max_windows)
+    for name, r in results["ppl"].items():
+        print(f"{name}: perplexity {r['ppl']:.3f} over {r['windows']} windows of {r['seqlen']} tokens")
+    if a.json:
+        Path(a.json).write_text(json.dumps(results, indent=2))
+    return 0
+
+
+def cmd_generate(a: argparse.Namespace) -> int:
+    from gqsa.evaluate import generate_text
+    from gqsa.loading import pick_device, pick_dtype
+    device = pick_device(a.device)
+    print(generate_text(a.model, a.prompt, a.max_new_tokens, device, pick_dtype(a.dtype, device), a.chat))
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from gqsa.evaluate import folder_info
+    info = folder_info(a.path)
+    _table([(k, str(v)) for k, v in info.items() if k != "layers"])
+    if a.layers:
+        for layer in info["layers"]:
+            print(f"  {layer['name']:<40} {layer['shape']}  sparsity {layer['sparsity']:.3f}  "
+                  f"{layer['bits_per_weight']:.2f} bits/weight")
+    return 0
+
+
+def cmd_demo(a: argparse.Namespace) -> int:
+    from gqsa.demo import run_demo
+    run_demo(a.out, a.windows)
+    return 0
+
+
+COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info, "demo": cmd_demo}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the ``gqsa`` console script."""
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except (ValueError, FileExistsError, FileNotFoundError) as e:
+        print(f"gqsa {args.command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,63 @@
+"""The ``gqsa eval``, ``gqsa generate`` and ``gqsa info`` jobs, as plain functions."""
+
+from __future__ import annotations
+
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from gqsa.data import eval_tokens, load_texts
+from gqsa.eval.perplexity import perplexity
+from gqsa.info import folder_bytes, model_stats, read_log
+from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_model
+
+
+def evaluate_perplexities(model_name: str, texts: list[str], seqlen: int, device: torch.device,
+                          dtype: torch.dtype, max_windows: int | None = None) -> dict[str, Any]:
+    """Perplexity of one model on each held-out text (GPTQ protocol: joined with "\\n\\n",
+    whole non-overlapping windows)."""
+    path = resolve_model(model_name)
+    model = load_model(path, device, dtype)
+    tokenizer = load_tokenizer(path)
+    out: dict[str, Any] = {"model": model_name, "compressed": is_compressed(path), "ppl": {}}
+    for name in texts:
+        tokens = eval_tokens(tokenizer, load_texts(name, "eval"))
+        out["ppl"][name] = perplexity(model, tokens, seqlen=seqlen, device=device, max_windows=max_windows)
+    return out
+
+
+def generate_text(model_name: str, prompt: str, max_new_tokens: int, device: torch.device, dtype: torch.dtype,
+                  chat: bool = False) -> str:
+    """Greedy continuation of ``prompt`` (optionally through the chat template)."""
+    path = resolve_model(model_name)
+    model = load_model(path, device, dtype)
+    tokenizer = load_tokenizer(path)
+    if chat:
+        ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
+                                            return_tensors="pt", return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt").input_ids
+    with torch.inference_mode():
+        out = model.generate(ids.to(device), max_new_tokens=max_new_tokens, do_sample=False,
+                             pad_token_id=tokenizer.eos_token_id)
+    return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
+
+
+def folder_info(path: str | Path) -> dict[str, Any]:
+    """Bytes on disk, effective bits per weight, per-layer sparsity and the stages that ran."""
+    from gqsa.hf import load
+    t = time.perf_counter()
+    model = load(path, device="cpu")
+    stats = model_stats(model)
+    log = read_log(path)
+    info = {"path": str(path), "bytes_on_disk": folder_bytes(path),
+            "original_bytes": log.get("original_bytes"),
+            "compressed_layers": stats["compressed_layers"],
+            "bits_per_weight": round(stats["bits_per_weight"], 3),
+            "mean_sparsity": round(sum(l["sparsity"] for l in stats["layers"]) / max(1, len(stats["layers"])), 4),
+            "config": {k: v for k, v in model.config.quantization_config.items() if k != "layers"},
+            "stages": list((model.config.quantization_config.get("stages") or {}).keys()),
+            "load_seconds": round(time.perf_counter() - t, 2), "layers": stats["layers"]}
+    return info

@@ -1,0 +1,105 @@
+import pytest
+import torch
+
+from gqsa.config import GQSAConfig
+from gqsa.solver.hessian import HessianAccumulator, damped_inverse, inverse_cholesky_upper
+from gqsa.solver.prune_quant import output_error, prune_quantize, round_to_nearest
+from gqsa.solver.saliency import magnitude_group_scores, obs_group_scores, select_groups
+from gqsa.solver.solve import solve_layer
+
+
+def correlated_inputs(t=2048, k=64, seed=0):
+    """Inputs with strongly correlated channels and uneven scales, like LLM activations."""
+    g = torch.Generator().manual_seed(seed)
+    mix = torch.randn(k, k, generator=g) / k**0.5 + torch.eye(k)
+    scale = torch.exp(torch.randn(k, generator=g))
+    return (torch.randn(t, k, generator=g) @ mix) * scale
+
+
+def test_hessian_accumulator_matches_2xtx_over_n():
+    x = torch.randn(3, 50, 16)
+    acc = HessianAccumulator(16)
+    for chunk in x:
+        acc.add_batch(chunk)
+    flat = x.reshape(-1, 16)
+    torch.testing.assert_close(acc.H, 2 * flat.T @ flat / flat.shape[0], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(acc.sq_norm, flat.pow(2).sum(0))
+
+
+def test_obs_group_score_is_the_optimal_loss_increase():
+    """Removing a group and re-solving the rest of the row exactly costs 1/2 w^T B^-1 w (with H/2 loss)."""
+    x = correlated_inputs(k=32)
+    H = 2 * x.T @ x / x.shape[0] + 1e-3 * torch.eye(32)
+    w = torch.randn(1, 32)
+    scores = obs_group_scores(w, torch.linalg.inv(H), 8)
+    for gi in range(4):
+        drop = torch.zeros(32, dtype=torch.bool)
+        drop[gi * 8:(gi + 1) * 8] = True
+        keep = ~drop
+        # best w' with w'[drop] = 0 minimising (w - w') H (w - w')^T / 2
+        d = w[0]
+        delta_keep = -torch.linalg.solve(H[keep][:, keep], H[keep][:, drop] @ (-d[drop]))
+        full = torch.zeros(32)
+        full[drop] = -d[drop]
+        full[keep] = delta_keep
+        loss = 0.5 * full @ H @ full
+        torch.testing.assert_close(scores[0, gi], loss, rtol=1e-3, atol=1e-5)
+
+
+@pytest.mark.parametrize("balance", ["row", "layer"])
+@pytest.mark.parametrize("sparsity", [0.0, 0.2, 0.5, 0.7])
+def test_select_groups_prunes_exactly(balance, sparsity):
+    scores = torch.rand(10, 8)
+    keep = select_groups(scores, sparsity, balance)
+    assert int((~keep).sum()) == round(sparsity * 80) if balance == "layer" else True
+    if balance == "row":
+        assert (keep.sum(1) == 8 - round(sparsity * 8)).all()
+    kept_min = scores[keep].min() if keep.any() else 1.0
+    if balance == "layer" and (~keep).any():
+        assert scores[~keep].max() <= kept_min
+
+
+def test_prune_quantize_codes_in_range_and_pruned_groups_zero():
+    x = correlated_inputs()
+    acc = HessianAccumulator(64)
+    acc.add_batch(x)
+    res = solve_layer(torch.randn(32, 64), acc, GQSAConfig(sparsity=0.5, bits=3))
+    assert res.codes.min() >= 0 and res.codes.max() <= 7
+    pruned = ~res.keep.repeat_interleave(16, dim=1)
+    assert (res.weight[pruned] == 0).all()
+    assert (res.keep.sum(1) == 2).all()
+
+
+def test_no_sparsity_8_bit_is_nearly_lossless():
+    x = correlated_inputs()
+    acc = HessianAccumulator(64)
+    acc.add_batch(x)
+    W = torch.randn(16, 64)
+    res = solve_layer(W, acc, GQSAConfig(sparsity=0.0, bits=8))
+    assert output_error(W, res.weight, acc.H) < 1e-4
+
+
+@pytest.mark.parametrize("sparsity, bits", [(0.5, 4), (0.2, 4), (0.5, 2)])
+def test_joint_compensation_beats_magnitude_pruning_plus_rtn(sparsity, bits):
+    """The acceptance bar of the method: lower layer-output error than the naive pipeline."""
+    x = correlated_inputs(k=128, seed=3)
+    acc = HessianAccumulator(128)
+    acc.add_batch(x)
+    W = torch.randn(64, 128)
+    cfg = GQSAConfig(sparsity=sparsity, bits=bits)
+    ours = output_error(W, solve_layer(W, acc, cfg).weight, acc.H)
+    keep = select_groups(magnitude_group_scores(W, 16), sparsity, "row")
+    naive = output_error(W, round_to_nearest(W, keep, 16, bits).weight, acc.H)
+    assert ours < 0.7 * naive, (ours, naive)
+
+
+def test_joint_update_with_fixed_mask_beats_rtn_on_the_same_mask():
+    x = correlated_inputs(k=128, seed=4)
+    acc = HessianAccumulator(128)
+    acc.add_batch(x)
+    W = torch.randn(48, 128)
+    keep = select_groups(torch.rand(48, 8), 0.5, "row")
+    U = inverse_cholesky_upper(damped_inverse(acc.H, 0.01))
+    joint = output_error(W, prune_quantize(W, U, keep, 16, 4).weight, acc.H)
+    rtn = output_error(W, round_to_nearest(W, keep, 16, 4).weight, acc.H)
+    assert joint < 0.9 * rtn, (joint, rtn)

@@ -1,0 +1,33 @@
+import pytest
+
+from gqsa.config import GQSAConfig
+
+
+def test_defaults_round_trip_through_dict():
+    c = GQSAConfig(sparsity=0.3, bits=3, balance="layer", skip=("lm_head", "q_proj"))
+    d = c.to_dict()
+    assert d["quant_method"] == "gqsa"
+    assert GQSAConfig.from_dict(d) == c
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"sparsity": 1.0}, "sparsity"), ({"sparsity": -0.1}, "sparsity"), ({"bits": 5}, "bits"),
+    ({"group_size": 12}, "group_size"), ({"balance": "col"}, "balance"), ({"saliency": "x"}, "saliency"),
+    ({"damp": 0.0}, "damp"), ({"block_size": 24}, "block_size"), ({"version": 99}, "version"),
+])
+def test_bad_values_raise_clear_errors(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        GQSAConfig(**kwargs)
+
+
+def test_unknown_keys_are_named():
+    with pytest.raises(ValueError, match="sparsty"):
+        GQSAConfig.from_dict({"sparsty": 0.5})
+    with pytest.raises(TypeError):
+        GQSAConfig(sparsty=0.5)
+
+
+def test_skips_matches_name_suffixes():
+    c = GQSAConfig(skip=("lm_head", "mlp.down_proj"))
+    assert c.skips("lm_head") and c.skips("model.layers.0.mlp.down_proj")
+    assert not c.skips("model.layers.0.mlp.up_proj")

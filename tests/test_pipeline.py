@@ -1,0 +1,66 @@
+import pytest
+import torch
+from torch import nn
+
+from gqsa.config import GQSAConfig
+from gqsa.layer import GQSLinear
+from gqsa.models import find_blocks, find_linears
+from gqsa.pipeline import compress
+from tiny_models import FAMILIES, calib_ids, tiny_model
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_block_linear_is_compressed_with_exact_sparsity(family):
+    model = tiny_model(family)
+    cfg = GQSAConfig(sparsity=0.5, bits=4, group_size=16)
+    report = compress(model, cfg, calib_ids(), progress=False)
+    _, blocks = find_blocks(model)
+    for block in blocks:
+        assert not find_linears(block), "a block linear was left dense"
+    gqs = [m for m in model.modules() if isinstance(m, GQSLinear)]
+    assert len(gqs) == len(report.layers) > 0
+    for m in gqs:
+        counts = (m.row_ptr[1:] - m.row_ptr[:-1])
+        assert (counts == m.in_features // 16 // 2).all()
+        assert int(m.codes.max()) <= 255 and m.zeros.max() <= 15
+    assert isinstance(model.get_output_embeddings(), nn.Linear), "lm_head must stay dense"
+
+
+def test_layer_balance_keeps_exact_layer_sparsity_with_uneven_rows():
+    model = tiny_model("llama")
+    compress(model, GQSAConfig(sparsity=0.5, balance="layer"), calib_ids(), progress=False)
+    uneven = 0
+    for m in model.modules():
+        if isinstance(m, GQSLinear):
+            total = m.out_features * m.in_features // 16
+            assert m.nnz == total - round(0.5 * total)
+            counts = m.row_ptr[1:] - m.row_ptr[:-1]
+            uneven += int(counts.max() != counts.min())
+    assert uneven > 0
+
+
+def test_compressed_model_stays_close_to_the_dense_one_at_mild_settings():
+    model = tiny_model("llama")
+    ids = calib_ids(4, 32, seed=7)
+    with torch.no_grad():
+        ref = model(ids).logits
+    compress(model, GQSAConfig(sparsity=0.0, bits=8), calib_ids(), progress=False)
+    with torch.no_grad():
+        out = model(ids).logits
+    assert (out - ref).norm() / ref.norm() < 0.02
+
+
+def test_unsupported_architecture_says_what_it_found():
+    class Conv(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Conv1d(4, 4, 3))
+
+    with pytest.raises(ValueError, match="Conv1d"):
+        find_blocks(Conv())
+
+
+def test_group_size_that_does_not_divide_names_the_layer():
+    model = tiny_model("llama", hidden=48)
+    with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj"):
+        compress(model, GQSAConfig(group_size=32), calib_ids(), progress=False)
