@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 from typing import Any
@@ -47,9 +48,19 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
            "original_bytes": folder_bytes(source) if Path(source).is_dir() else None,
            "layers": report.layers}
     t = time.perf_counter()
+    model.to(_source_dtype(source, dtype))  # dense parts back to the checkpoint's dtype; packed tensors keep theirs
     save_compressed(model, out, config, source=source, stages={"oneshot": True}, overwrite=overwrite,
                     log={**log, "times": times})
     times["save"] = time.perf_counter() - t
     log["times"] = times
     log["compressed_bytes"] = folder_bytes(out)
     return log
+
+
+def _source_dtype(source: str, fallback: torch.dtype) -> torch.dtype:
+    """The dtype the original checkpoint was stored in (``dtype`` in its config.json), else ``fallback``."""
+    cfg = Path(source) / "config.json"
+    saved = json.loads(cfg.read_text()) if cfg.exists() else {}
+    name = saved.get("dtype") or saved.get("torch_dtype")
+    d = getattr(torch, name, None) if isinstance(name, str) else None
+    return d if isinstance(d, torch.dtype) and d.is_floating_point else fallback

@@ -6,8 +6,8 @@ import torch
 
 from gqsa.config import GQSAConfig
 from gqsa.solver.hessian import HessianAccumulator, damped_inverse, dead_inputs, inverse_cholesky_upper
-from gqsa.solver.prune_quant import LayerResult, prune_quantize
-from gqsa.solver.saliency import obs_group_scores, select_groups, wanda_group_scores
+from gqsa.solver.prune_quant import LayerResult, prune_quantize, round_to_nearest
+from gqsa.solver.saliency import magnitude_group_scores, obs_group_scores, select_groups, wanda_group_scores
 
 
 def choose_mask(W: torch.Tensor, acc: HessianAccumulator, Hinv: torch.Tensor, config: GQSAConfig) -> torch.Tensor:
@@ -32,3 +32,13 @@ def solve_layer(weight: torch.Tensor, acc: HessianAccumulator, config: GQSAConfi
     U = inverse_cholesky_upper(Hinv)
     return prune_quantize(W, U, keep, config.group_size, config.bits, config.sym,
                           config.clip_search, config.block_size)
+
+
+def solve_layer_naive(weight: torch.Tensor, acc: HessianAccumulator, config: GQSAConfig) -> LayerResult:
+    """The naive counterpart at the same settings: magnitude group pruning + round-to-nearest.
+
+    It ignores the calibration Hessian (``acc`` is only there for the common signature).
+    """
+    W = weight.detach().to(acc.H.device, torch.float32)
+    keep = select_groups(magnitude_group_scores(W, config.group_size), config.sparsity, config.balance)
+    return round_to_nearest(W, keep, config.group_size, config.bits, config.sym, config.clip_search)

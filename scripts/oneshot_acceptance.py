@@ -1,0 +1,63 @@
+"""Issue-2 acceptance on SmolLM2-135M-Instruct (CPU): reference vs gqsa one-shot vs the naive
+magnitude group pruning + round-to-nearest, at W4 S50 G16 and W4 S20 G16.
+
+Usage: python scripts/oneshot_acceptance.py [--windows 40] [--out docs/results/oneshot.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import time
+from datetime import date
+from pathlib import Path
+
+import torch
+
+from gqsa.assets import smollm2_path
+from gqsa.config import GQSAConfig
+from gqsa.data import calibration_windows, eval_tokens, load_texts
+from gqsa.eval.perplexity import perplexity
+from gqsa.info import model_stats
+from gqsa.loading import load_model, load_tokenizer
+from gqsa.pipeline import compress
+from gqsa.solver.solve import solve_layer, solve_layer_naive
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--windows", type=int, default=40)
+    ap.add_argument("--nsamples", type=int, default=64)
+    ap.add_argument("--seqlen", type=int, default=512)
+    ap.add_argument("--out", default="docs/results/oneshot.json")
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    src = smollm2_path()
+    tok = load_tokenizer(str(src))
+    calib = calibration_windows(tok, load_texts("coqa", "calibration"), a.nsamples, a.seqlen, seed=0)
+    tokens = eval_tokens(tok, load_texts("boolq"))
+    cpu = torch.device("cpu")
+    rows = [{"method": "reference (dequantized Q4_1, fp32)", "bits_per_weight": 16.0,
+             "ppl": perplexity(load_model(str(src), cpu, torch.float32), tokens, 1024, max_windows=a.windows)["ppl"]}]
+    for sparsity in (0.5, 0.2):
+        for label, solve in (("gqsa one-shot", solve_layer), ("magnitude groups + RTN", solve_layer_naive)):
+            model = load_model(str(src), cpu, torch.float32)
+            t = time.perf_counter()
+            compress(model, GQSAConfig(sparsity=sparsity, bits=4, group_size=16), calib, solve=solve)
+            secs = time.perf_counter() - t
+            ppl = perplexity(model, tokens, 1024, max_windows=a.windows)["ppl"]
+            rows.append({"method": f"{label} W4 S{int(sparsity * 100)} G16", "ppl": ppl, "seconds": secs,
+                         "bits_per_weight": model_stats(model)["bits_per_weight"]})
+            print(rows[-1], flush=True)
+    result = {"model": "SmolLM2-135M-Instruct", "eval": f"boolq, first {a.windows} windows of 1024 tokens",
+              "calibration": f"coqa, {a.nsamples} x {a.seqlen} tokens, seed 0", "device": f"CPU ({platform.processor() or platform.machine()}, 2 cores)",
+              "date": str(date.today()), "command": "python scripts/oneshot_acceptance.py", "rows": rows}
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=2))
+    for r in rows:
+        print(f"{r['method']:<42} ppl {r['ppl']:8.2f}  bpw {r['bits_per_weight']:5.2f}  {r.get('seconds', 0):6.0f} s")
+
+
+if __name__ == "__main__":
+    main()
