@@ -13,6 +13,7 @@ import torch
 from torch import nn
 
 from gqsa.format import FORMAT_VERSION, PackedGQS, check_shape
+from gqsa.kernels.plan import PLAN_TENSORS, KernelPlan, build_plan
 
 
 class GQSLinear(nn.Module):
@@ -41,6 +42,12 @@ class GQSLinear(nn.Module):
         self.register_buffer("scales", torch.ones(nnz, dtype=torch.float16, **kw))
         self.register_buffer("zeros", torch.zeros(nnz, dtype=torch.uint8, **kw))
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, **kw) if bias else None)
+        # GPU kernel metadata derived from the packed tensors (gqsa.kernels.plan); never saved.
+        for name in PLAN_TENSORS:
+            self.register_buffer(name, None, persistent=False)
+        self.schedule = "rows"
+        self.plan_lens = (0, 0)  # (longest row, common row length) in kept groups
+        self.register_load_state_dict_post_hook(_drop_kernel_plan)
 
     @classmethod
     def from_packed(cls, packed: PackedGQS, bias: torch.Tensor | None = None) -> "GQSLinear":
@@ -64,11 +71,38 @@ class GQSLinear(nn.Module):
         return PackedGQS(self.codes, self.col_idx, self.row_ptr, self.scales, self.zeros,
                          self.out_features, self.in_features, self.group_size, self.bits)
 
+    def prepare_kernels(self, num_programs: int | None = None) -> None:
+        """Derive the GPU kernels' metadata on the layer's device (call before CUDA graph capture
+        or torch.compile; the first eager CUDA forward does it otherwise)."""
+        from gqsa.kernels.dispatch import choose_schedule
+        plan = build_plan(self.packed(), num_programs)
+        for name in PLAN_TENSORS:
+            setattr(self, name, getattr(plan, name))
+        self.schedule = choose_schedule(self.row_ptr)
+        self.plan_lens = (plan.max_row_len, plan.row_len)
+
+    def clear_kernel_plan(self) -> None:
+        """Drop the kernel metadata (stale once the packed tensors change)."""
+        for name in PLAN_TENSORS:
+            setattr(self, name, None)
+
+    def kernel_plan(self) -> KernelPlan | None:
+        if self.prog_rows is None:
+            return None
+        return KernelPlan(*(getattr(self, name) for name in PLAN_TENSORS), *self.plan_lens)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         from gqsa.kernels.dispatch import gqs_linear
-        return gqs_linear(x, self.packed(), self.bias)
+        if x.is_cuda and self.prog_rows is None and not torch.compiler.is_compiling():
+            self.prepare_kernels()
+        return gqs_linear(x, self.packed(), self.bias, self.kernel_plan(), self.schedule)
 
     def extra_repr(self) -> str:
         kept = self.nnz / max(1, self.out_features * self.in_features // self.group_size)
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"bits={self.bits}, kept={kept:.3f}, bias={self.bias is not None}")
+
+
+def _drop_kernel_plan(module: GQSLinear, incompatible_keys) -> None:
+    """load_state_dict post-hook: new packed tensors make the kernel metadata stale."""
+    module.clear_kernel_plan()

@@ -1,13 +1,58 @@
-"""Choose the compute path of GQSLinear: the GPU kernels on CUDA, the reference elsewhere."""
+"""Choose the compute path of GQSLinear: the GPU kernels on CUDA, the reference elsewhere.
+
+Rules (the measurements behind each number are in docs/engine.md):
+
+* not CUDA, or autograd needs the graph (x or the scales require grad): the
+  pure-PyTorch reference :func:`gqsa.kernels.reference.gqs_linear_ref`;
+* M = x rows <= ``GEMV_MAX_BATCH``: the decode kernel (:mod:`gqsa.kernels.gemv`),
+  with the layer's schedule (``rows`` unless rows are extremely skewed, see
+  :func:`choose_schedule`);
+* M < ``DENSE_MIN_BATCH``: the split-K Triton sparse GEMM (:mod:`gqsa.kernels.gemm`),
+  tile by :func:`gemm_config`;
+* larger M: dequantize to a dense weight, then cuBLAS.
+"""
 
 from __future__ import annotations
 
 import torch
 
 from gqsa.format import PackedGQS
+from gqsa.kernels.plan import KernelPlan
 from gqsa.kernels.reference import gqs_linear_ref
 
+GEMV_MAX_BATCH = 4  # decode kernel up to here (H100: beats FP16 at 1-2, ties at 4, loses from 8)
+DENSE_MIN_BATCH = 48  # from here dequantize + cuBLAS beats the Triton GEMM (H100, M=64: 26 vs 45 us)
+TASKS_MIN_SKEW = 8.0  # longest/mean row above which to try the task schedule; it lost every H100 case
+# measured (max/mean <= 2 at S50), so this only fires for extreme tails at high sparsity
 
-def gqs_linear(x: torch.Tensor, packed: PackedGQS, bias: torch.Tensor | None = None) -> torch.Tensor:
-    """``y = x W^T + b`` for a packed GQS weight; same contract as :func:`gqs_linear_ref`."""
-    return gqs_linear_ref(x, packed, bias)
+
+def gemm_config(m: int):
+    """Tile of the Triton GEMM for M rows (H100 sweep, docs/engine.md)."""
+    from gqsa.kernels.gemm import GemmConfig
+    if m <= 16:
+        return GemmConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=3)
+    if m <= 32:
+        return GemmConfig(block_m=32, block_n=64, block_k=64, num_warps=4, num_stages=3)
+    return GemmConfig(block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=3)
+
+
+def choose_schedule(row_ptr: torch.Tensor) -> str:
+    """``tasks`` when the longest row holds TASKS_MIN_SKEW x the mean kept groups, else ``rows``."""
+    counts = (row_ptr[1:] - row_ptr[:-1]).float()
+    mean = counts.mean().item() if counts.numel() else 0.0
+    skew = counts.max().item() / mean if mean > 0 else 1.0
+    return "tasks" if skew >= TASKS_MIN_SKEW else "rows"
+
+
+def gqs_linear(x: torch.Tensor, packed: PackedGQS, bias: torch.Tensor | None = None,
+               plan: KernelPlan | None = None, schedule: str = "rows") -> torch.Tensor:
+    """``y = x W^T + b`` for a packed GQS weight; same contract as :func:`gqs_linear_ref`.
+
+    ``plan`` and ``schedule`` come from :meth:`gqsa.layer.GQSLinear.prepare_kernels`;
+    without a plan, CUDA inputs still take the decode kernel (rows schedule).
+    """
+    needs_grad = torch.is_grad_enabled() and (x.requires_grad or packed.scales.requires_grad)
+    if not x.is_cuda or needs_grad or x.dtype not in (torch.float16, torch.bfloat16):
+        return gqs_linear_ref(x, packed, bias)
+    from gqsa.kernels import ops
+    return ops.call(x, packed, bias, plan, schedule)

@@ -1,0 +1,214 @@
+"""Kernel benchmark: gqsa's GQS linear against FP16 cuBLAS, int4 tinygemm and 2:4 kernels.
+
+Every method runs in the same process on the same activations, each weight rotated
+through enough copies to miss the L2 (:mod:`gqsa.bench.timing`), timed as
+back-to-back calls in a CUDA graph. Methods:
+
+==============  =================================================================
+fp16            ``F.linear`` on a dense fp16 weight (cuBLAS)
+int4_tinygemm   ``aten._weight_int4pack_mm``, bf16 activations, group 128
+sparse24_cslt   PyTorch 2:4 semi-structured (``to_sparse_semi_structured``), fp16
+triton24_fp16   gqsa's Triton 2:4 decode kernel, fp16 values + 2-bit metadata
+triton24_int4   the same with 4-bit values, group 128 (:mod:`gqsa.bench.sparse24`)
+gqsa_S{s}       packed GQS, W4 G16, sparsity s; the dispatch path (:mod:`ops`)
+gqsa_S{s}_rows  decode kernel, rows schedule (batch 1 and 16)
+gqsa_S{s}_tasks decode kernel, tasks schedule (batch 1 and 16)
+gqsa_S{s}_gemm  split-K Triton sparse GEMM (batch 16 and 128)
+gqsa_S{s}_dense dequantize + cuBLAS (batch 128)
+gqsa_S50_layer  dispatch path on layer-balanced rows (llama2-7b only)
+==============  =================================================================
+
+Bandwidth is the packed bytes (all five tensors) over the time, as a fraction of
+the device-to-device copy bandwidth measured in the same run.
+
+Run: ``python -m gqsa.bench.kernels --out DIR`` (the CLI wires it as ``gqsa bench kernels``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+
+from gqsa.bench import report
+from gqsa.bench.sparse24 import gemv24, pack_24, quantize_24_int4
+from gqsa.bench.synth import random_packed
+from gqsa.bench.timing import copies_for, copy_bandwidth, time_rotating
+from gqsa.format import PackedGQS
+from gqsa.kernels import ops
+from gqsa.kernels.gemm import gqs_dense_linear, gqs_gemm
+from gqsa.kernels.gemv import gqs_gemv
+from gqsa.kernels.plan import KernelPlan, build_plan
+
+SHAPES = {  # (N, K) = (out_features, in_features)
+    "llama2-7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
+    "llama2-13b": [(5120, 5120), (13824, 5120), (5120, 13824)],
+    "llama3-8b": [(14336, 4096), (4096, 14336)],
+    "qwen2.5-7b": [(3584, 3584), (18944, 3584), (3584, 18944)],
+    "llama2-70b": [(8192, 8192), (28672, 8192), (8192, 28672), (1024, 8192)],
+}
+BATCHES = (1, 2, 4, 8, 16, 32, 128)
+SPARSITIES = (0.0, 0.2, 0.5, 0.7)
+DECODE_MAX = 16
+DETAIL_BATCHES = (1, 16, 128)  # batches at which each gqsa kernel is timed beside the dispatch path
+DEVICE = "cuda"  # the benchmark's device (a CPU dry run under TRITON_INTERPRET sets "cpu")
+
+
+def _clone_packed(p: PackedGQS) -> PackedGQS:
+    return PackedGQS(p.codes.clone(), p.col_idx.clone(), p.row_ptr.clone(), p.scales.clone(), p.zeros.clone(),
+                     p.out_features, p.in_features, p.group_size, p.bits)
+
+
+def baseline_weights(n: int, k: int, seed: int) -> dict[str, Callable[[], tuple[int, Callable]]]:
+    """Builders of each baseline: () -> (bytes of one weight copy, make() -> fn(x) over a fresh copy).
+
+    int4_tinygemm takes bf16 activations (its only dtype); the others fp16.
+    """
+    gen = torch.Generator(device=DEVICE).manual_seed(seed)
+
+    def fp16():
+        w = torch.randn(n, k, generator=gen, device=DEVICE, dtype=torch.float16) * 0.02
+        return w.numel() * 2, lambda: (lambda x, w=w.clone(): F.linear(x, w))
+
+    def tinygemm():
+        wq = torch.randint(0, 256, (n, k // 2), generator=gen, device=DEVICE, dtype=torch.uint8)
+        packed = torch.ops.aten._convert_weight_to_int4pack(wq, 8)
+        sz = (torch.rand(k // 128, n, 2, generator=gen, device=DEVICE) * 0.02).to(torch.bfloat16)
+        nbytes = packed.numel() * packed.element_size() + sz.numel() * 2
+        return nbytes, lambda: (lambda x, p=packed.clone(), s=sz.clone():
+                                torch.ops.aten._weight_int4pack_mm(x, p, 128, s))
+
+    def cslt():
+        from torch.sparse import to_sparse_semi_structured
+        _, _, dense = pack_24(torch.randn(n, k, generator=gen, device=DEVICE, dtype=torch.float16))
+        return n * k * 9 // 16, lambda: (lambda x, w=to_sparse_semi_structured(dense.clone()): F.linear(x, w))
+
+    def t24(int4: bool):
+        vals, meta, _ = pack_24(torch.randn(n, k, generator=gen, device=DEVICE, dtype=torch.float16))
+        if not int4:
+            return n * k * 9 // 16, lambda: (lambda x, v=vals.clone(), m=meta.clone(): gemv24(x, m, vals=v))
+        vq, s, z, _ = quantize_24_int4(vals)
+        nbytes = vq.numel() * 4 + meta.numel() * 4 + s.numel() * 4
+        return nbytes, lambda: (lambda x, a=vq.clone(), m=meta.clone(), b=s.clone(), c=z.clone():
+                                gemv24(x, m, vq=a, scales=b, zeros=c))
+
+    return {"fp16": fp16, "int4_tinygemm": tinygemm, "sparse24_cslt": cslt,
+            "triton24_fp16": lambda: t24(False), "triton24_int4": lambda: t24(True)}
+
+
+def gqsa_variants(p: PackedGQS, plan: KernelPlan, schedule: str, m: int, detail: bool) -> dict[str, Callable]:
+    """Per-copy closures over one packed layer: the dispatch path, and with ``detail`` each kernel."""
+    v = {"": lambda q: (lambda x: ops.call(x, q, None, plan, schedule))}
+    if not detail or m not in DETAIL_BATCHES:
+        return v
+    from gqsa.kernels.dispatch import gemm_config
+    if m <= DECODE_MAX:
+        v["_rows"] = lambda q: (lambda x: gqs_gemv(x, q, None, plan, "rows"))
+        v["_tasks"] = lambda q: (lambda x: gqs_gemv(x, q, None, plan, "tasks"))
+    if m > 1:
+        v["_gemm"] = lambda q: (lambda x: gqs_gemm(x, q, None, plan, gemm_config(m)))
+    if m > DECODE_MAX:
+        v["_dense"] = lambda q: (lambda x: gqs_dense_linear(x, q, None, plan))
+    return v
+
+
+def time_method(make: Callable[[], Callable], copies: int, x: torch.Tensor) -> tuple[float, bool]:
+    fns = [make() for _ in range(copies)]
+    return time_rotating([lambda f=f: f(x) for f in fns])
+
+
+def bench_shape(n: int, k: int, batches, sparsities, seed: int, skip: set[str], detail: bool) -> list[dict]:
+    """All methods on one shape; one record per (method, batch). ``detail`` adds each gqsa kernel
+    and the layer-balanced row pattern at S50."""
+    recs = []
+    xs = {m: torch.randn(m, k, device=DEVICE, dtype=torch.float16) for m in batches}
+    xs_bf16 = {m: x.to(torch.bfloat16) for m, x in xs.items()}
+    for name, build in baseline_weights(n, k, seed).items():
+        if name in skip:
+            continue
+        try:
+            nbytes, make = build()
+        except (RuntimeError, ValueError) as e:  # a baseline missing on this build: report, go on
+            recs.append(dict(n=n, k=k, method=name, error=str(e)[:200]))
+            continue
+        for m in batches:
+            if name.startswith("triton24") and m > DECODE_MAX:
+                continue
+            try:
+                x = xs_bf16[m] if name == "int4_tinygemm" else xs[m]
+                us, graph = time_method(make, copies_for(nbytes), x)
+                recs.append(dict(n=n, k=k, m=m, method=name, us=us, graph=graph, bytes=nbytes))
+            except (RuntimeError, ValueError) as e:
+                recs.append(dict(n=n, k=k, m=m, method=name, error=str(e)[:200]))
+        torch.cuda.empty_cache()
+    cases = [(s, "uniform") for s in sparsities] + ([(0.5, "layer")] if detail and 0.5 in sparsities else [])
+    for s, pattern in cases:
+        recs += bench_gqsa(n, k, s, pattern, xs, seed, detail)
+    return recs
+
+
+def bench_gqsa(n: int, k: int, s: float, pattern: str, xs: dict, seed: int, detail: bool) -> list[dict]:
+    """gqsa W4 G16 at sparsity s on one shape, every batch of ``xs``."""
+    from gqsa.kernels.dispatch import choose_schedule
+    p = random_packed(n, k, 16, 4, s, pattern, DEVICE, seed)
+    plan, sched = build_plan(p), choose_schedule(p.row_ptr)
+    copies = [p] + [_clone_packed(p) for _ in range(copies_for(p.nbytes()) - 1)]
+    name = f"gqsa_S{round(s * 100)}" + ("" if pattern == "uniform" else f"_{pattern}")
+    recs = []
+    for m, x in xs.items():
+        variants = gqsa_variants(p, plan, sched, m, detail and pattern == "uniform")
+        for suffix, make in variants.items():
+            fns = [make(q) for q in copies]
+            us, graph = time_rotating([lambda f=f: f(x) for f in fns])
+            recs.append(dict(n=n, k=k, m=m, method=name + suffix, us=us, graph=graph, bytes=p.nbytes(), nnz=p.nnz,
+                             schedule=sched))
+    del copies, plan, p
+    torch.cuda.empty_cache()
+    return recs
+
+
+def parse_args(argv):
+    ap = argparse.ArgumentParser(prog="gqsa bench kernels", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="bench_out", help="folder for kernels.json (and kernels.png)")
+    ap.add_argument("--models", nargs="*", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--batches", nargs="*", type=int, default=list(BATCHES))
+    ap.add_argument("--sparsities", nargs="*", type=float, default=list(SPARSITIES))
+    ap.add_argument("--trim", action="store_true",
+                    help="models other than llama2-7b: batch 1 and 16, S50, dispatch path only (time-limited runs)")
+    ap.add_argument("--skip", nargs="*", default=[], help="baseline names to leave out")
+    ap.add_argument("--seed", type=int, default=0)
+    return ap.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Run the benchmark, write OUT/kernels.json (+ kernels.png), print the summary table."""
+    args = parse_args(argv)
+    if not torch.cuda.is_available():
+        raise SystemExit("gqsa bench kernels needs a CUDA GPU")
+    os.makedirs(args.out, exist_ok=True)
+    result = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now().isoformat(timespec="seconds"),
+                  torch=torch.__version__, copy_bw=copy_bandwidth(), records=[])
+    for model in args.models:
+        batches, sparsities, detail = args.batches, args.sparsities, True
+        if args.trim and model != "llama2-7b":
+            batches, sparsities, detail = [b for b in batches if b in (1, 16)], [0.5], False
+        for n, k in SHAPES[model]:
+            recs = bench_shape(n, k, batches, sparsities, args.seed, set(args.skip), detail)
+            for r in recs:
+                r["model"] = model
+            result["records"] += recs
+            with open(os.path.join(args.out, "kernels.json"), "w") as f:  # after each shape: a cut run keeps it
+                json.dump(result, f, indent=1)
+            print(f"done {model} {n}x{k}", flush=True)
+    report.print_kernel_table(result)
+    report.plot_kernels(result, os.path.join(args.out, "kernels.png"))
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,138 @@
+"""Tables and plots of the benchmark JSON (read by the CLI, docs/engine.md and gpu_all.sh)."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import re
+import sys
+
+BASELINES = ("fp16", "int4_tinygemm", "sparse24_cslt", "triton24_fp16", "triton24_int4")
+TARGETS = {  # batch-1 targets on the LLaMA-2-7B shapes, W4 S50 G16 (gqsa speedup over each)
+    "fp16": 4.0, "int4_tinygemm": 1.7, "triton24_fp16": 2.3, "triton24_int4": 1.0}
+
+
+def times(result: dict) -> dict[tuple, float]:
+    """(n, k, m, method) -> microseconds, for records that ran."""
+    return {(r["n"], r["k"], r["m"], r["method"]): r["us"] for r in result["records"] if "us" in r}
+
+
+def _geomean(xs: list[float]) -> float:
+    xs = [x for x in xs if x and x > 0]
+    return math.exp(sum(math.log(x) for x in xs) / len(xs)) if xs else float("nan")
+
+
+def _fmt(x: float | None, spec: str = "7.1f") -> str:
+    return format(x, spec) if x is not None and x == x else " " * (int(spec.split(".")[0]) - 1) + "-"
+
+
+def shape_rows(result: dict, model: str, m: int, sparsity: int = 50) -> list[dict]:
+    """One summary row per shape of ``model`` at batch m: times, speedups, % copy bandwidth."""
+    t = times(result)
+    rows = []
+    for r in result["records"]:
+        if r.get("model") != model or r.get("m") != m or r.get("method") != f"gqsa_S{sparsity}" or "us" not in r:
+            continue
+        n, k, us = r["n"], r["k"], r["us"]
+        row = dict(shape=f"{n}x{k}", m=m, gqsa=us, bw=r["bytes"] / (us * 1e-6) / result["copy_bw"])
+        for b in BASELINES:
+            row[b] = t.get((n, k, m, b))
+            row["x_" + b] = row[b] / us if row[b] else None
+        rows.append(row)
+    return rows
+
+
+def print_kernel_table(result: dict, models=("llama2-7b",), batches=(1, 16)) -> None:
+    """Print µs of each method and gqsa S50's speedup over each; targets last."""
+    print(f"\ndevice {result['device']}  copy bandwidth {result['copy_bw'] / 1e12:.2f} TB/s (read+write)")
+    head = "shape        M   gqsaS50    fp16   tiny4  cslt24   t24h  t24i4 | xfp16 xtiny xcslt  xt24 xt24i4  %copyBW"
+    print(head)
+    for model in models:
+        for m in batches:
+            for r in shape_rows(result, model, m):
+                print(f"{r['shape']:<11}{m:>3} {r['gqsa']:8.1f} " + " ".join(_fmt(r[b]) for b in BASELINES) + " | "
+                      + " ".join(_fmt(r['x_' + b], '5.2f') for b in BASELINES) + f"  {100 * r['bw']:6.1f}%")
+    print_targets(result)
+
+
+def print_targets(result: dict) -> None:
+    """Geometric-mean speedups on the LLaMA-2-7B shapes against the issue's targets."""
+    for m, goals in ((1, TARGETS), (16, {"fp16": 3.0})):
+        rows = shape_rows(result, "llama2-7b", m)
+        for b, goal in goals.items():
+            got = _geomean([r["x_" + b] for r in rows if r["x_" + b]])
+            print(f"target batch {m:>2} gqsa S50 vs {b:<14} >= {goal:.2f}x: {got:.2f}x "
+                  f"{'MET' if got >= goal else 'missed'}")
+        if m == 1:
+            bw = _geomean([r["bw"] for r in rows])
+            print(f"target batch  1 packed bytes / copy bandwidth >= 85%: {100 * bw:.1f}% "
+                  f"{'MET' if bw >= 0.85 else 'missed'}")
+
+
+def plot_kernels(result: dict, path: str) -> None:
+    """Speedup over fp16 by batch (geomean over shapes) per method; skipped without matplotlib."""
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("note: matplotlib is not installed; no plot written")
+        return
+    t = times(result)
+    methods = sorted({r["method"] for r in result["records"]
+                      if "us" in r and (r["method"] in BASELINES or re.fullmatch(r"gqsa_S\d+", r["method"]))})
+    batches = sorted({r["m"] for r in result["records"] if "m" in r})
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for meth in methods:
+        ys = [_geomean([t[(n, k, m, "fp16")] / us for (n, k, mm, mt), us in t.items()
+                        if mm == m and mt == meth and (n, k, m, "fp16") in t]) for m in batches]
+        ax.plot(batches, ys, marker="o", label=meth)
+    ax.set_xscale("log", base=2)
+    ax.set_xlabel("batch (rows of x)")
+    ax.set_ylabel("speedup over fp16 cuBLAS (geomean of shapes)")
+    ax.set_title(result["device"])
+    ax.grid(True, alpha=0.3)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path}")
+
+
+def print_all_shapes(result: dict, m: int = 1) -> None:
+    """Batch-m microseconds of every shape: gqsa at each sparsity beside FP16 and tinygemm."""
+    t = times(result)
+    sp = sorted({int(r["method"][6:]) for r in result["records"] if re.fullmatch(r"gqsa_S\d+", r.get("method", ""))})
+    print(f"\nall shapes, batch {m}, microseconds (gqsa: dispatch path, W4 G16, uniform rows)")
+    print("model        shape          fp16  tiny4 " + " ".join(f"  S{s:<4}" for s in sp) + "  S50 x fp16")
+    for model, n, k in sorted({(r.get("model", ""), r["n"], r["k"]) for r in result["records"]}, key=str):
+        row = [t.get((n, k, m, "fp16")), t.get((n, k, m, "int4_tinygemm"))] + [t.get((n, k, m, f"gqsa_S{s}"))
+                                                                               for s in sp]
+        g50 = t.get((n, k, m, "gqsa_S50"))
+        x = row[0] / g50 if row[0] and g50 else None
+        print(f"{model:<12} {n:>5}x{k:<6} " + " ".join(_fmt(v) for v in row) + f"  {_fmt(x, '6.2f')}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m gqsa.bench.report DIR``: print the tables of DIR's tune/kernels/decode JSON."""
+    out = (argv if argv is not None else sys.argv[1:] or ["bench_out"])[0]
+    path = os.path.join(out, "tune.json")
+    if os.path.exists(path):
+        from gqsa.bench.tune import summarize
+        with open(path) as f:
+            summarize(json.load(f))
+    path = os.path.join(out, "kernels.json")
+    if os.path.exists(path):
+        with open(path) as f:
+            result = json.load(f)
+        print_all_shapes(result, 1)
+        print_kernel_table(result)
+    path = os.path.join(out, "decode.json")
+    if os.path.exists(path):
+        from gqsa.bench.decode import print_decode_table
+        with open(path) as f:
+            print_decode_table(json.load(f))
+
+
+if __name__ == "__main__":
+    main()

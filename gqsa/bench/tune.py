@@ -1,0 +1,172 @@
+"""Sweep the kernels' launch parameters and schedules; the numbers behind the defaults.
+
+Decode: on the LLaMA-2-7B shapes at S50 (uniform and layer-balanced rows), the rows
+schedule over tile configs at batch 1 (and 4, 8, 16 on one shape); the tasks schedule
+over programs per SM and the two ways of combining cut rows. Small M: decode kernel,
+split-K tensor-core GEMM tiles and dequantize + cuBLAS, with FP16 cuBLAS beside.
+Every variant is checked against the reference before it is timed.
+
+Run: ``python -m gqsa.bench.tune --out DIR`` (writes DIR/tune.json, prints a summary).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+
+import torch
+import torch.nn.functional as F
+import triton
+
+from gqsa.bench.synth import random_packed
+from gqsa.bench.timing import copies_for, time_rotating
+from gqsa.kernels.gemm import GemmConfig, gqs_dense_linear, gqs_gemm
+from gqsa.kernels.gemv import GemvConfig, gqs_gemv
+from gqsa.kernels.plan import build_plan
+from gqsa.kernels.reference import gqs_linear_ref
+
+SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
+GEMV_CONFIGS = {  # (block_r, block_g, num_warps) per batch tile; 1 to 4 kept groups per thread and step
+    1: [(1, 128, 4), (2, 64, 4), (2, 64, 2), (4, 64, 4), (4, 32, 2), (2, 128, 4), (8, 64, 4), (1, 128, 2)],
+    4: [(2, 32, 4), (2, 64, 4), (1, 64, 2)],
+    8: [(1, 64, 4), (2, 32, 4), (1, 32, 2)],
+    16: [(1, 32, 4), (1, 64, 8), (1, 16, 2)],
+}
+PROGRAMS_PER_SM = (8, 16, 32)
+GEMM_CONFIGS = [(16, 64, 64, 4, 3), (16, 128, 64, 4, 3), (32, 64, 64, 4, 3), (64, 128, 64, 4, 3)]
+SMALL_M = (2, 4, 8, 16, 32, 64, 128)
+DEVICE = "cuda"
+
+
+def _timed(fns_of_copy, copies, x, p) -> float:
+    """Check one call against the reference, then time the rotation; microseconds."""
+    y = fns_of_copy(copies[0])(x)
+    ref = gqs_linear_ref(x.float(), p)
+    err = ((y.float() - ref).norm() / ref.norm()).item()
+    if not err <= 1e-2:
+        raise AssertionError(f"variant off the reference: relative error {err:.2e}")
+    fns = [fns_of_copy(q) for q in copies]
+    return time_rotating([lambda f=f: f(x) for f in fns])[0]
+
+
+def _copies(p):
+    from gqsa.bench.kernels import _clone_packed
+    return [p] + [_clone_packed(p) for _ in range(copies_for(p.nbytes()) - 1)]
+
+
+def sweep_rows(n: int, k: int, pattern: str, m: int) -> list[dict]:
+    """Rows schedule over tile configs (with the plan's unrolled steps), and once without a plan."""
+    p = random_packed(n, k, 16, 4, 0.5, pattern, DEVICE, 0)
+    plan, copies = build_plan(p), _copies(p)
+    x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
+    base = dict(n=n, k=k, pattern=pattern, m=m, bytes=p.nbytes(), sweep="rows")
+    recs = [dict(base, kind="rows_noplan", cfg="default",
+                 us=_timed(lambda q: lambda x: gqs_gemv(x, q, None, None, "rows"), copies, x, p))]
+    for r, g, w in GEMV_CONFIGS[m]:
+        cfg = GemvConfig(r, g, w)
+        us = _timed(lambda q: lambda x: gqs_gemv(x, q, None, plan, "rows", config=cfg), copies, x, p)
+        recs.append(dict(base, kind="rows", cfg=f"r{r}g{g}w{w}", us=us))
+    return recs
+
+
+def sweep_tasks(n: int, k: int, pattern: str, sms: int) -> list[dict]:
+    """Tasks schedule at batch 1: programs per SM and the two ways to combine cut rows."""
+    p = random_packed(n, k, 16, 4, 0.5, pattern, DEVICE, 0)
+    copies = _copies(p)
+    x = torch.randn(1, k, device=DEVICE, dtype=torch.float16)
+    base = dict(n=n, k=k, pattern=pattern, m=1, bytes=p.nbytes(), sweep="tasks")
+    recs = []
+    for pp in PROGRAMS_PER_SM:
+        plan = build_plan(p, pp * sms)
+        for split in (0, 1):
+            us = _timed(lambda q: lambda x: gqs_gemv(x, q, None, plan, "tasks", split), copies, x, p)
+            recs.append(dict(base, kind=f"tasks_p{pp}_split{split}", cfg="default", us=us))
+    return recs
+
+
+def sweep_small_m(n: int, k: int) -> list[dict]:
+    """Decode kernel vs split-K tensor-core GEMM vs dequantize + cuBLAS vs FP16 over small M."""
+    p = random_packed(n, k, 16, 4, 0.5, "uniform", DEVICE, 0)
+    plan, copies = build_plan(p), _copies(p)
+    w = torch.randn(n, k, device=DEVICE, dtype=torch.float16) * 0.02
+    ws = [w] + [w.clone() for _ in range(copies_for(w.numel() * 2) - 1)]
+    recs = []
+    for m in SMALL_M:
+        x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
+        base = dict(n=n, k=k, m=m, sweep="small_m")
+        recs.append(dict(base, kind="fp16", us=time_rotating([lambda w=w: F.linear(x, w) for w in ws])[0]))
+        if m <= 32:
+            us = _timed(lambda q: lambda x: gqs_gemv(x, q, None, plan), copies, x, p)
+            recs.append(dict(base, kind="gemv", us=us))
+        recs.append(dict(base, kind="dense", us=_timed(lambda q: lambda x: gqs_dense_linear(x, q, None, plan),
+                                                     copies, x, p)))
+        for c in GEMM_CONFIGS:
+            cfg = GemmConfig(*c)
+            try:
+                us = _timed(lambda q: lambda x: gqs_gemm(x, q, None, plan, cfg), copies, x, p)
+            except triton.runtime.errors.OutOfResources as e:  # a tile too big for this chip: record it
+                print(f"gemm {c}: {e}")
+                us = float("inf")
+            recs.append(dict(base, kind="gemm", cfg="m{}n{}k{}w{}s{}".format(*c), us=us))
+    return recs
+
+
+def summarize(recs: list[dict]) -> None:
+    """Print the best config per case, the schedule sweep and the small-M crossover."""
+    print("\n== decode rows schedule (S50 W4 G16), microseconds ==")
+    for key in sorted({(r["n"], r["k"], r["pattern"], r["m"]) for r in recs if r.get("sweep") == "rows"}):
+        rs = [r for r in recs if r.get("sweep") == "rows" and (r["n"], r["k"], r["pattern"], r["m"]) == key]
+        best = min((r for r in rs if r["kind"] == "rows"), key=lambda r: r["us"])
+        cfgs = " ".join(f"{r['cfg']}={r['us']:.1f}" for r in rs if r["kind"] == "rows")
+        noplan = next(r["us"] for r in rs if r["kind"] == "rows_noplan")
+        print(f"{key[0]}x{key[1]} {key[2]:<8} M={key[3]:<3} best {best['us']:6.1f} ({best['cfg']}) "
+              f"no-plan {noplan:6.1f} | {cfgs}")
+    print("\n== decode tasks schedule, batch 1, microseconds ==")
+    for key in sorted({(r["n"], r["k"], r["pattern"]) for r in recs if r.get("sweep") == "tasks"}):
+        rs = [r for r in recs if r.get("sweep") == "tasks" and (r["n"], r["k"], r["pattern"]) == key]
+        print(f"{key[0]}x{key[1]} {key[2]:<8} " + " ".join(f"{r['kind'][6:]}={r['us']:.1f}" for r in rs))
+    print("\n== small M (S50 W4 G16), microseconds ==")
+    for key in sorted({(r["n"], r["k"], r["m"]) for r in recs if r.get("sweep") == "small_m"}):
+        rs = [r for r in recs if r.get("sweep") == "small_m" and (r["n"], r["k"], r["m"]) == key]
+        by = {r["kind"]: r for r in rs if r["kind"] != "gemm"}
+        g = min((r for r in rs if r["kind"] == "gemm"), key=lambda r: r["us"])
+        gv = f"gemv {by['gemv']['us']:7.1f}" if "gemv" in by else " " * 12
+        print(f"{key[0]}x{key[1]} M={key[2]:<5} fp16 {by['fp16']['us']:7.1f}  {gv}  dense {by['dense']['us']:7.1f}"
+              f"  gemm {g['us']:7.1f} ({g['cfg']}) | " + " ".join(f"{r['cfg']}={r['us']:.1f}" for r in rs
+                                                                   if r["kind"] == "gemm"))
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    ap = argparse.ArgumentParser(prog="gqsa bench tune", description=__doc__.split("\n")[0])
+    ap.add_argument("--out", default="bench_out")
+    ap.add_argument("--patterns", nargs="*", default=["uniform", "layer"])
+    ap.add_argument("--no-prefill", action="store_true")
+    args = ap.parse_args(argv)
+    os.makedirs(args.out, exist_ok=True)
+    sms = torch.cuda.get_device_properties(0).multi_processor_count
+    recs = []
+
+    def save():
+        with open(os.path.join(args.out, "tune.json"), "w") as f:
+            json.dump(recs, f)
+    for n, k in SHAPES:
+        for pattern in args.patterns:
+            recs += sweep_rows(n, k, pattern, 1)
+        save()
+    for m in (4, 8, 16):
+        recs += sweep_rows(11008, 4096, "uniform", m)
+    for pattern in ("uniform", "heavy"):
+        recs += sweep_tasks(11008, 4096, pattern, sms)
+    save()
+    print("decode sweeps done", flush=True)
+    if not args.no_prefill:
+        for n, k in SHAPES[:2]:
+            recs += sweep_small_m(n, k)
+            save()
+    summarize(recs)
+    return recs
+
+
+if __name__ == "__main__":
+    main()

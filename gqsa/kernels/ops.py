@@ -1,0 +1,68 @@
+"""The GQS kernels as a torch custom op, so GQSLinear runs under torch.compile and CUDA graphs.
+
+``torch.ops.gqsa.gqs_linear`` takes the packed tensors of :mod:`gqsa.format` and the
+optional plan tensors of :mod:`gqsa.kernels.plan` and returns ``x W^T + b``. Its fake
+implementation only states the output shape, so the compiler never traces the
+Triton launches; inside, :func:`run` picks the kernel by batch size (rules in
+:mod:`gqsa.kernels.dispatch`).
+
+The task schedule's fix-up slots (``fix_ws``, ``fix_cnt``) are written during a call
+but hold zeros again when it returns, so the op declares no mutated arguments.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from gqsa.format import PackedGQS, dequantize
+from gqsa.kernels.plan import KernelPlan
+
+SCHEDULE_IDS = {"rows": 0, "tasks": 1}
+
+
+@torch.library.custom_op("gqsa::gqs_linear", mutates_args=())
+def gqs_linear_op(x: torch.Tensor, codes: torch.Tensor, col_idx: torch.Tensor, row_ptr: torch.Tensor,
+                  scales: torch.Tensor, zeros: torch.Tensor, bias: torch.Tensor | None,
+                  prog_rows: torch.Tensor | None, fix_ws: torch.Tensor | None, fix_cnt: torch.Tensor | None,
+                  mask_words: torch.Tensor | None, mask_prefix: torch.Tensor | None,
+                  in_features: int, group_size: int, bits: int, schedule: int, max_row_len: int,
+                  row_len: int) -> torch.Tensor:
+    """x [..., K] fp16/bf16 -> y [..., N]; plan tensors may all be None (then rows schedule / torch dequant)."""
+    p = PackedGQS(codes, col_idx, row_ptr, scales, zeros, row_ptr.numel() - 1, in_features, group_size, bits)
+    plan = None
+    if prog_rows is not None:
+        plan = KernelPlan(prog_rows, fix_ws, fix_cnt, mask_words, mask_prefix, max_row_len, row_len)
+    y = run(x.reshape(-1, in_features), p, bias, plan, "tasks" if schedule == 1 else "rows")
+    return y.reshape(*x.shape[:-1], p.out_features)
+
+
+@gqs_linear_op.register_fake
+def _(x, codes, col_idx, row_ptr, scales, zeros, bias, prog_rows, fix_ws, fix_cnt, mask_words, mask_prefix,
+      in_features, group_size, bits, schedule, max_row_len, row_len):
+    return x.new_empty(*x.shape[:-1], row_ptr.shape[0] - 1)
+
+
+def run(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: KernelPlan | None,
+        schedule: str) -> torch.Tensor:
+    """Route a 2-D x [M, K] to the decode kernel, the Triton GEMM or dequantize + cuBLAS."""
+    from gqsa.kernels import dispatch
+    from gqsa.kernels.gemm import gqs_dense_linear, gqs_gemm
+    from gqsa.kernels.gemv import gqs_gemv
+
+    m = x.shape[0]
+    if m <= dispatch.GEMV_MAX_BATCH:
+        return gqs_gemv(x, p, bias, plan, schedule if plan is not None else "rows")
+    if plan is None:  # no bitmask: build the dense weight with torch ops (slow but correct)
+        return torch.nn.functional.linear(x, dequantize(p, x.dtype), bias)
+    if m < dispatch.DENSE_MIN_BATCH:
+        return gqs_gemm(x, p, bias, plan, dispatch.gemm_config(m))
+    return gqs_dense_linear(x, p, bias, plan)
+
+
+def call(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: KernelPlan | None,
+         schedule: str) -> torch.Tensor:
+    """Call the custom op with a PackedGQS and an optional KernelPlan."""
+    t = (plan.prog_rows, plan.fix_ws, plan.fix_cnt, plan.mask_words, plan.mask_prefix) if plan else (None,) * 5
+    lens = (plan.max_row_len, plan.row_len) if plan else (0, 0)
+    return torch.ops.gqsa.gqs_linear(x, p.codes, p.col_idx, p.row_ptr, p.scales, p.zeros, bias, *t,
+                                     p.in_features, p.group_size, p.bits, SCHEDULE_IDS[schedule], *lens)

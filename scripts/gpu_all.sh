@@ -1,0 +1,48 @@
+#!/usr/bin/env bash
+# One device call: GPU kernel tests, kernel benchmark, decode benchmark.
+#
+# Usage (from the repository root, on a CUDA machine):
+#   scripts/gpu_all.sh [full|quick|tune]
+#     full   tests + kernel bench (all models; beyond LLaMA-2-7B only batch 1/16 at S50)
+#            + decode bench (512-token prompt, 256 new tokens, batch 1 and 8)   ~8 min on an H100
+#     quick  tests + kernel bench on LLaMA-2-7B shapes, batch 1/16 + decode bench with 64 tokens
+#     tune   tests + the launch-parameter sweep (gqsa.bench.tune)
+# Writes $OUT/run.log, tune.json, kernels.json, kernels.png, decode.json ($OUT defaults to
+# ./bench_out) and prints the summary tables last.
+set -uo pipefail
+MODE=${1:-full}
+OUT=${OUT:-bench_out}
+mkdir -p "$OUT"
+LOG="$OUT/run.log"
+export PYTHONUNBUFFERED=1
+cd "$(dirname "$0")/.."
+
+step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log, never abort the whole script
+    local name=$1 limit=$2; shift 2
+    echo "=== $name: $*" | tee -a "$LOG"
+    local t0=$SECONDS
+    timeout "$limit" "$@" 2>&1 | tee -a "$LOG"
+    local rc=${PIPESTATUS[0]}
+    echo "=== $name rc=$rc in $((SECONDS - t0)) s" | tee -a "$LOG"
+}
+
+{ date -u; nvidia-smi -L; python3 -c "import torch, triton, transformers; print('torch', torch.__version__,
+'triton', triton.__version__, 'transformers', transformers.__version__)"; git log -1 --format='commit %H' 2>/dev/null
+} 2>&1 | tee -a "$LOG"
+
+step tests 110 python3 -m pytest tests/kernels -q -rs -p no:cacheprovider -n 8
+case "$MODE" in
+  tune)
+    step tune 300 python3 -m gqsa.bench.tune --out "$OUT" ;;
+  quick)
+    step kernels 200 python3 -m gqsa.bench.kernels --out "$OUT" --models llama2-7b --batches 1 16
+    step decode 150 python3 -m gqsa.bench.decode --out "$OUT" --tokens 64 ;;
+  full)
+    step kernels 320 python3 -m gqsa.bench.kernels --out "$OUT" --trim
+    step decode 130 python3 -m gqsa.bench.decode --out "$OUT" ;;
+  *) echo "unknown mode $MODE (full|quick|tune)"; exit 2 ;;
+esac
+
+echo; echo "=============== summary ($MODE) ==============="
+grep -E "passed|failed|error" "$LOG" | grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed)" | tail -2
+python3 -m gqsa.bench.report "$OUT" 2>&1 | tail -60
