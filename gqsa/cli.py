@@ -71,7 +71,16 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the offline demo: SmolLM2 compressed at W4 S50 G16 on CPU, before vs after")
     p.add_argument("--out", default=None, help="where to keep the compressed model (default: a cache folder)")
     p.add_argument("--windows", type=int, default=16, help="evaluation windows of 1024 tokens")
+    p = sub.add_parser("bench", help="GPU benchmarks: 'kernels', 'decode' or 'report' (options after it: --help)")
+    p.add_argument("what", choices=["kernels", "decode", "report"])
+    p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     return parser
+
+
+def cmd_bench(a: argparse.Namespace) -> int:
+    import importlib
+    importlib.import_module(f"gqsa.bench.{a.what}").main(a.rest)
+    return 0
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
@@ -141,7 +150,8 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info, "demo": cmd_demo}
+COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info, "demo": cmd_demo,
+            "bench": cmd_bench}
 
 
 def main(argv: list[str] | None = None) -> int:
