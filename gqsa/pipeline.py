@@ -8,15 +8,24 @@ block's inputs. Only one block's activations and Hessians are alive at a time, a
 the block in work needs to sit on the compute device.
 
 Later stages plug in through ``after_block`` (called with the block, its inputs, the
-dense block's outputs and the block kwargs, after its one-shot compression) and
-``start_block`` (resume).
+dense block's outputs and the block kwargs, after its one-shot compression; what it returns
+goes into the block's record in the report) and ``start_block`` (resume).
+
+Two chains of hidden states can be carried: the compressed model's own (always; it feeds
+the Hessians and ``after_block``'s inputs) and, with ``fp_targets``, the dense model's, whose
+block-i outputs are then what ``after_block`` gets as targets (EfficientQAT Block-AP; see
+:mod:`gqsa.train.bqpo`). With a ``checkpoint`` (:class:`BlockStore`, e.g.
+:class:`gqsa.train.checkpoint.BlockCheckpoint`) every finished block is saved before the
+next one starts; a resumed run restores the finished blocks instead of compressing them
+again and recomputes both chains through them (the dense chain before restoring each
+block, the compressed chain after), so no hidden states are stored on disk.
 """
 
 from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 from torch import nn
@@ -27,10 +36,25 @@ from gqsa.format import check_shape, pack_layer
 from gqsa.layer import GQSLinear
 from gqsa.models import find_blocks, find_linears, set_submodule
 from gqsa.solver.hessian import HessianAccumulator
-from gqsa.solver.prune_quant import output_error
+from gqsa.solver.prune_quant import LayerResult, output_error
 from gqsa.solver.solve import solve_layer
 
-AfterBlock = Callable[[int, nn.Module, torch.Tensor, torch.Tensor, dict], None]
+AfterBlock = Callable[[int, nn.Module, torch.Tensor, torch.Tensor, dict], "dict[str, Any] | None"]
+LayerSolve = Callable[[torch.Tensor, HessianAccumulator, Any], LayerResult]
+
+
+class BlockStore(Protocol):
+    """Where finished blocks go (resume). ``record`` is the JSON-able block record
+    ``{"index", "layers", "after_block", "seconds"}``."""
+
+    def finished(self) -> int:
+        """Number of blocks already finished (blocks 0..finished-1)."""
+
+    def save(self, i: int, block: nn.Module, record: dict[str, Any]) -> None:
+        """Persist finished block ``i`` (called in order, right after it is done)."""
+
+    def restore(self, i: int, block: nn.Module) -> dict[str, Any]:
+        """Load finished block ``i`` into ``block`` (its dense self) and return its record."""
 
 
 class _Captured(Exception):
@@ -44,9 +68,16 @@ class CompressReport:
     layers: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
     peak_memory_bytes: int = 0
+    blocks: list[dict[str, Any]] = field(default_factory=list)
+
+    def add_block(self, record: dict[str, Any]) -> None:
+        """Add one block's record (its layers also go to ``layers``)."""
+        self.blocks.append(record)
+        self.layers.extend(record["layers"])
 
     def to_dict(self) -> dict[str, Any]:
-        return {"layers": self.layers, "seconds": self.seconds, "peak_memory_bytes": self.peak_memory_bytes}
+        return {"layers": self.layers, "seconds": self.seconds, "peak_memory_bytes": self.peak_memory_bytes,
+                "blocks": self.blocks}
 
 
 def capture_block_inputs(model: nn.Module, first_block: nn.Module, calib: torch.Tensor,
@@ -100,35 +131,63 @@ def _accumulate_hessians(block: nn.Module, linears: dict[str, nn.Linear], hidden
 
 
 def compress_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict, config: GQSAConfig,
-                   prefix: str, batch_size: int) -> tuple[list[dict[str, Any]], torch.Tensor]:
+                   prefix: str, batch_size: int, solve: LayerSolve = solve_layer,
+                   dense: bool = False) -> tuple[list[dict[str, Any]], torch.Tensor]:
     """Compress every (non-skipped) linear of one block in place.
 
+    ``solve(weight, acc, config)`` gives each layer's :class:`LayerResult`; with ``dense``
+    the layer stays an nn.Linear holding ``LayerResult.weight`` (see :func:`install_layer`).
     Returns the per-layer stats and the dense (uncompressed) block outputs.
     """
     linears = {n: m for n, m in find_linears(block).items() if not config.skips(f"{prefix}.{n}")}
-    for n, m in linears.items():
+    for n, m in ({} if dense else linears).items():  # only the packed format needs G | in_features
         check_shape(m.out_features, m.in_features, config.group_size, f"{prefix}.{n}")
     accs, dense_out = _accumulate_hessians(block, linears, hidden, kwargs, batch_size)
     stats = []
     for name, lin in linears.items():
         t0 = time.perf_counter()
-        res = solve_layer(lin.weight, accs[name], config)
-        packed = pack_layer(res.codes, res.keep, res.scales, res.zeros, config.group_size, config.bits)
-        new = GQSLinear.from_packed(packed, lin.bias)
-        new.to(lin.weight.device)
+        res = solve(lin.weight, accs[name], config)
         err = output_error(lin.weight.detach().float(), res.weight, accs[name].H)
-        set_submodule(block, name, new)
-        stats.append({"name": f"{prefix}.{name}", "shape": [lin.out_features, lin.in_features],
-                      "nnz_groups": packed.nnz, "sparsity": 1 - packed.nnz / (lin.out_features * lin.in_features
-                                                                               // config.group_size),
+        info = install_layer(block, name, lin, res, config, dense)
+        stats.append({"name": f"{prefix}.{name}", "shape": [lin.out_features, lin.in_features], **info,
                       "rel_output_error": err, "seconds": time.perf_counter() - t0})
         del accs[name]
     return stats, dense_out
 
 
+def install_layer(block: nn.Module, name: str, lin: nn.Linear, res: LayerResult, config: GQSAConfig,
+                  dense: bool) -> dict[str, Any]:
+    """Put a solved layer into ``block``: a packed :class:`GQSLinear`, or, with ``dense``, the
+    same nn.Linear with its weight overwritten by ``res.weight`` (fake quantization, for
+    baselines whose pattern the packed format does not hold). Returns its sparsity stats."""
+    if dense:
+        lin.weight.data = res.weight.to(lin.weight.device, lin.weight.dtype)
+        return {"sparsity": float((res.weight == 0).float().mean())}
+    packed = pack_layer(res.codes, res.keep, res.scales, res.zeros, config.group_size, config.bits)
+    new = GQSLinear.from_packed(packed, lin.bias)
+    new.to(lin.weight.device)
+    set_submodule(block, name, new)
+    return {"nnz_groups": packed.nnz,
+            "sparsity": 1 - packed.nnz / (lin.out_features * lin.in_features // config.group_size)}
+
+
+@dataclass(frozen=True)
+class _BlockJob:
+    """What every block of one ``compress`` call is compressed with."""
+
+    config: GQSAConfig
+    blocks_name: str
+    batch_size: int
+    solve: LayerSolve
+    dense: bool
+    after_block: AfterBlock | None
+    checkpoint: BlockStore | None
+
+
 def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: torch.device | str | None = None,
              batch_size: int = 8, progress: bool = True, after_block: AfterBlock | None = None,
-             start_block: int = 0) -> CompressReport:
+             start_block: int = 0, solve: LayerSolve = solve_layer, dense: bool = False,
+             fp_targets: bool = False, checkpoint: BlockStore | None = None) -> CompressReport:
     """Compress ``model`` in place with GQSA; returns a :class:`CompressReport`.
 
     Args:
@@ -138,12 +197,23 @@ def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: 
         device: where blocks are computed (default: where the model's parameters are).
             Blocks are moved there one at a time and back afterwards.
         batch_size: calibration sequences per block forward.
-        after_block: hook run after each block's one-shot compression (BQPO plugs in here).
+        after_block: hook run after each block's one-shot compression (BQPO plugs in here),
+            with grad enabled; it may return a JSON-able dict, kept in the block's record.
         start_block: blocks before it are taken as already compressed (resume).
+        solve: the per-layer solver ``solve(weight, acc, config) -> LayerResult`` (baselines
+            such as GPTQ or SparseGPT pass theirs, with their own config).
+        dense: keep each layer an nn.Linear holding the solver's dequantized weight instead
+            of packing it into a GQSLinear (for patterns the packed format does not hold).
+        fp_targets: also carry the dense model's hidden states and give ``after_block`` the
+            dense block's outputs on them as targets (instead of on the compressed inputs).
+        checkpoint: save each finished block there; blocks it already holds are restored
+            and not compressed again (resume). Exclusive with ``start_block``.
     """
     t0 = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
     blocks_name, blocks = find_blocks(model)
+    start = _first_block(start_block, checkpoint, fp_targets, len(blocks))
+    job = _BlockJob(config, blocks_name, batch_size, solve, dense, after_block, checkpoint)
     home = next(blocks[0].parameters()).device
     _move_outside(model, blocks, device)
     if device.type == "cuda":
@@ -152,23 +222,67 @@ def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: 
     with torch.no_grad():
         blocks[0].to(device)
         hidden, kwargs = capture_block_inputs(model, blocks[0], calib, device, batch_size)
+        fp_hidden = hidden if fp_targets else None
         for i in tqdm(range(len(blocks)), desc="gqsa blocks", disable=not progress):
             block = blocks[i].to(device)
-            if i < start_block:
-                hidden = run_block(block, hidden, kwargs, batch_size)
+            if i < start:
+                hidden, fp_hidden = _replay_block(i, block, hidden, fp_hidden, kwargs, job, report)
             else:
-                stats, dense_out = compress_block(block, hidden, kwargs, config, f"{blocks_name}.{i}", batch_size)
-                report.layers.extend(stats)
-                if after_block is not None:
-                    with torch.enable_grad():
-                        after_block(i, block, hidden, dense_out, kwargs)
-                hidden = run_block(block, hidden, kwargs, batch_size)
-                del dense_out
+                hidden, fp_hidden = _compress_next(i, block, hidden, fp_hidden, kwargs, job, report)
             blocks[i].to(home)
     _move_outside(model, blocks, home)
     report.seconds = time.perf_counter() - t0
     report.peak_memory_bytes = _peak_memory(device)
     return report
+
+
+def _first_block(start_block: int, checkpoint: BlockStore | None, fp_targets: bool, num_blocks: int) -> int:
+    """The first block to compress, from ``start_block`` or the checkpoint's progress."""
+    if checkpoint is None:
+        if fp_targets and start_block:
+            raise ValueError("fp_targets needs the dense blocks before start_block: resume through a "
+                             "checkpoint instead of start_block")
+        return start_block
+    if start_block:
+        raise ValueError("pass start_block or checkpoint, not both (the checkpoint knows where to resume)")
+    done = checkpoint.finished()
+    if done > num_blocks:
+        raise ValueError(f"checkpoint holds {done} finished blocks but the model has {num_blocks}")
+    return done
+
+
+def _replay_block(i: int, block: nn.Module, hidden: torch.Tensor, fp_hidden: torch.Tensor | None, kwargs: dict,
+                  job: _BlockJob, report: CompressReport) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Block ``i`` is already done: follow it on the dense chain while it is still dense,
+    restore it from the checkpoint (if any), then follow it on the compressed chain."""
+    if fp_hidden is not None:
+        fp_hidden = run_block(block, fp_hidden, kwargs, job.batch_size)
+    if job.checkpoint is not None:
+        report.add_block({**job.checkpoint.restore(i, block), "restored": True})
+    return run_block(block, hidden, kwargs, job.batch_size), fp_hidden
+
+
+def _compress_next(i: int, block: nn.Module, hidden: torch.Tensor, fp_hidden: torch.Tensor | None, kwargs: dict,
+                   job: _BlockJob, report: CompressReport) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Compress block ``i``, run ``after_block``, checkpoint it; returns both chains' next inputs."""
+    t0 = time.perf_counter()
+    # The dense chain must pass the block before it is compressed; on block 0 both chains coincide.
+    separate = fp_hidden is not None and fp_hidden is not hidden
+    fp_out = run_block(block, fp_hidden, kwargs, job.batch_size) if separate else None
+    stats, dense_out = compress_block(block, hidden, kwargs, job.config, f"{job.blocks_name}.{i}",
+                                      job.batch_size, job.solve, job.dense)
+    target = dense_out if fp_out is None else fp_out
+    del dense_out, fp_out  # one [n, L, d] target alive during the hook, not two
+    extra = None
+    if job.after_block is not None:
+        with torch.enable_grad():
+            extra = job.after_block(i, block, hidden, target, kwargs)
+    record = {"index": i, "layers": stats, "after_block": extra, "seconds": time.perf_counter() - t0}
+    if job.checkpoint is not None:
+        job.checkpoint.save(i, block, record)
+    report.add_block(record)
+    next_fp = None if fp_hidden is None else target
+    return run_block(block, hidden, kwargs, job.batch_size), next_fp
 
 
 def _move_outside(model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> None:

@@ -1,0 +1,186 @@
+"""Perplexity, time and peak memory of each GQSA stage on SmolLM2-135M-Instruct (CPU).
+
+Stages, for each sparsity: the dense reference ("FP16": the float16 folder, computed in
+float32), one-shot compression, one-shot + BQPO (block-wise, full-precision targets), and
+one-shot + BQPO + E2E-OQP (scales trained end to end). Each compressed stage starts from a
+fresh copy of the dense model, except E2E, which continues the BQPO model. Writes
+``docs/results/stages-<tag>.json`` and a markdown table ``docs/stages.md``.
+
+    python scripts/stages.py --sparsity 0.5 --tag w4s50g16
+
+Peak memory is the process's resident set size (sampled every 20 ms) during the stage;
+it includes the model and everything else the process holds.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import datetime
+import json
+import platform
+import sys
+import threading
+import time
+from pathlib import Path
+
+import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gqsa.assets import smollm2_path
+from gqsa.config import GQSAConfig
+from gqsa.data import calibration_windows, eval_tokens, load_texts
+from gqsa.eval.perplexity import perplexity
+from gqsa.pipeline import compress
+from gqsa.train.bqpo import BQPOConfig, bqpo_hook, summarize
+from gqsa.train.e2e import E2EConfig, train_scales
+
+
+class PeakRSS:
+    """Context manager sampling this process's resident set size; ``peak`` in bytes."""
+
+    def __init__(self, every: float = 0.02):
+        self.every, self.peak, self._stop = every, 0, threading.Event()
+
+    def _rss(self) -> int:
+        with open("/proc/self/statm") as f:
+            return int(f.read().split()[1]) * 4096
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.every):
+            self.peak = max(self.peak, self._rss())
+
+    def __enter__(self) -> "PeakRSS":
+        self.peak = self._rss()
+        self._thread = threading.Thread(target=self._loop, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.peak = max(self.peak, self._rss())
+
+
+def run_stage(name: str, fn, results: dict) -> object:
+    """Run ``fn()`` and record its time and peak RSS under ``results[name]``."""
+    print(f"== {name}", flush=True)
+    t0 = time.perf_counter()
+    with PeakRSS() as mem:
+        out = fn()
+    results[name] = {"seconds": time.perf_counter() - t0, "peak_rss_bytes": mem.peak}
+    return out
+
+
+def evaluate(model, tokens, a, results: dict, name: str) -> None:
+    ppl = perplexity(model, tokens, seqlen=a.eval_seqlen, max_windows=a.eval_windows, progress=False)
+    results[name]["ppl"] = ppl["ppl"]
+    results[name]["eval"] = ppl
+    print(f"   {name}: ppl {ppl['ppl']:.3f} ({ppl['seconds']:.0f} s eval)", flush=True)
+
+
+def sparsity_stages(dense, tokenizer, tokens, a, sparsity: float, results: dict) -> None:
+    """One-shot, +BQPO, +BQPO+E2E at one sparsity; fills ``results``."""
+    config = GQSAConfig(group_size=a.group_size, sparsity=sparsity, bits=a.bits)
+    calib = calibration_windows(tokenizer, load_texts(a.calib, "calibration"), a.nsamples, a.seqlen, a.seed)
+    train = calibration_windows(tokenizer, load_texts(a.calib, "calibration"), a.e2e_windows, a.seqlen, a.seed + 1)
+    bqpo = BQPOConfig(epochs=a.bqpo_epochs, batch_size=a.bqpo_batch, lr_weight=a.bqpo_lr_weight,
+                      lr_scale=a.bqpo_lr_scale, lr_zero=a.bqpo_lr_zero)
+    e2e = E2EConfig(epochs=a.e2e_epochs, lr=a.e2e_lr, batch_size=a.e2e_batch, grad_accum=a.e2e_accum)
+    tag = f"S{round(sparsity * 100)}"
+
+    model = copy.deepcopy(dense)
+    rep = run_stage(f"{tag} one-shot", lambda: compress(model, config, calib, batch_size=8, progress=False), results)
+    results[f"{tag} one-shot"]["report_seconds"] = rep.seconds
+    evaluate(model, tokens, a, results, f"{tag} one-shot")
+    del model
+
+    model = copy.deepcopy(dense)
+    rep = run_stage(f"{tag} +BQPO", lambda: compress(model, config, calib, batch_size=8, progress=False,
+                                                     after_block=bqpo_hook(bqpo, progress=False),
+                                                     fp_targets=bqpo.fp_targets), results)
+    results[f"{tag} +BQPO"]["bqpo"] = summarize(rep.blocks, bqpo)
+    evaluate(model, tokens, a, results, f"{tag} +BQPO")
+
+    log = run_stage(f"{tag} +BQPO+E2E", lambda: train_scales(model, train, e2e, progress=False), results)
+    results[f"{tag} +BQPO+E2E"]["e2e"] = log
+    evaluate(model, tokens, a, results, f"{tag} +BQPO+E2E")
+
+
+def markdown(out: dict) -> str:
+    """The table of docs/stages.md for one result file."""
+    a = out["args"]
+    lines = [f"## W{a['bits']} G{a['group_size']}, SmolLM2-135M-Instruct, {out['device']}, {out['date']}", "",
+             f"Command: `{out['command']}`", "",
+             f"Perplexity on `{a['eval_text']}` ({a['eval_windows']} windows of {a['eval_seqlen']} tokens); "
+             f"calibration: {a['nsamples']} x {a['seqlen']} tokens of `{a['calib']}`; BQPO {a['bqpo_epochs']} "
+             f"epoch(s), batch {a['bqpo_batch']}, lr w/s/z {a['bqpo_lr_weight']}/{a['bqpo_lr_scale']}/"
+             f"{a['bqpo_lr_zero']}; E2E-OQP {a['e2e_epochs']} epoch(s) on {a['e2e_windows']} x {a['seqlen']} "
+             f"tokens, batch {a['e2e_batch']} x {a['e2e_accum']}, lr {a['e2e_lr']}. Time and peak RSS are "
+             "those of the stage alone (E2E: its own time, after BQPO).", "",
+             "| stage | perplexity | stage time (s) | peak RSS (MiB) |", "|---|---:|---:|---:|"]
+    for name, r in out["stages"].items():
+        lines.append(f"| {name} | {r['ppl']:.3f} | {r['seconds']:.0f} | {r['peak_rss_bytes'] / 2**20:.0f} |")
+    return "\n".join(lines) + "\n"
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--sparsity", type=float, action="append", help="repeatable; default 0.5")
+    p.add_argument("--bits", type=int, default=4)
+    p.add_argument("--group-size", type=int, default=16)
+    p.add_argument("--calib", default="coqa")
+    p.add_argument("--eval-text", default="boolq")
+    p.add_argument("--nsamples", type=int, default=32)
+    p.add_argument("--seqlen", type=int, default=256)
+    p.add_argument("--eval-windows", type=int, default=20)
+    p.add_argument("--eval-seqlen", type=int, default=1024)
+    p.add_argument("--bqpo-epochs", type=int, default=1)
+    p.add_argument("--bqpo-batch", type=int, default=2)
+    p.add_argument("--bqpo-lr-weight", type=float, default=1e-5)
+    p.add_argument("--bqpo-lr-scale", type=float, default=1e-4)
+    p.add_argument("--bqpo-lr-zero", type=float, default=1e-4)
+    p.add_argument("--e2e-epochs", type=int, default=1)
+    p.add_argument("--e2e-windows", type=int, default=32)
+    p.add_argument("--e2e-batch", type=int, default=2)
+    p.add_argument("--e2e-accum", type=int, default=1)
+    p.add_argument("--e2e-lr", type=float, default=2e-5)
+    p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--layers", type=int, default=None, help="keep only the first N blocks (smoke tests)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--tag", default="w4s50g16")
+    p.add_argument("--results", default="docs/results")
+    p.add_argument("--md", default="docs/stages.md")
+    return p.parse_args(argv)
+
+
+def main(argv=None) -> None:
+    a = parse_args(argv)
+    torch.set_num_threads(a.threads)
+    torch.manual_seed(a.seed)
+    path = smollm2_path()
+    tokenizer = AutoTokenizer.from_pretrained(path)
+    dense = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    if a.layers is not None:
+        dense.model.layers = dense.model.layers[:a.layers]
+        dense.config.num_hidden_layers = a.layers
+    tokens = eval_tokens(tokenizer, load_texts(a.eval_text, "eval"))
+    stages: dict = {}
+    run_stage("FP16 (dense reference)", lambda: None, stages)
+    evaluate(dense, tokens, a, stages, "FP16 (dense reference)")
+    for sparsity in a.sparsity or [0.5]:
+        sparsity_stages(dense, tokenizer, tokens, a, sparsity, stages)
+    out = {"device": f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} thread(s)",
+           "date": datetime.date.today().isoformat(), "command": "python " + " ".join(sys.argv),
+           "torch": torch.__version__, "args": vars(a), "stages": stages}
+    Path(a.results).mkdir(parents=True, exist_ok=True)
+    Path(a.results, f"stages-{a.tag}.json").write_text(json.dumps(out, indent=1, default=str))
+    md = Path(a.md)
+    head = "# GQSA stages: one-shot, BQPO, E2E-OQP\n\nWritten by `scripts/stages.py`.\n\n"
+    old = md.read_text() if md.exists() else head
+    md.write_text(old + "\n" + markdown(out))
+    print(markdown(out))
+
+
+if __name__ == "__main__":
+    main()

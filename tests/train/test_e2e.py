@@ -1,0 +1,112 @@
+"""E2E-OQP: training steps lower the loss, only the scales change (codes, masks, zeros are
+bit-identical), the state dict keeps its names and dtypes, bad options raise."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from tiny_models import VOCAB, calib_ids, tiny_model
+
+from gqsa.config import GQSAConfig
+from gqsa.hf import load, save_compressed
+from gqsa.layer import GQSLinear
+from gqsa.pipeline import compress
+from gqsa.train.e2e import E2EConfig, make_frozen, make_trainable, mean_loss, train_scales
+
+FROZEN = ("codes", "col_idx", "row_ptr")
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    """Tiny tensors: one intra-op thread is much faster, above all on a busy machine."""
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
+def _windows(n: int = 8, length: int = 32) -> torch.Tensor:
+    """Learnable text: each window counts up from a random start (mod the vocabulary)."""
+    g = torch.Generator().manual_seed(3)
+    starts = torch.randint(0, VOCAB, (n, 1), generator=g)
+    return (starts + torch.arange(length)) % VOCAB
+
+
+def _compressed(seed: int = 0):
+    model = tiny_model("llama", seed=seed)
+    compress(model, GQSAConfig(group_size=16, sparsity=0.5, bits=4), calib_ids(8, 32), progress=False)
+    return model
+
+
+@pytest.mark.parametrize("kwargs, match", [
+    ({"epochs": 0}, "epochs"), ({"batch_size": 0}, "batch_size"), ({"grad_accum": 1.5}, "grad_accum"),
+    ({"lr": 0}, "lr"), ({"lr": float("inf")}, "lr"), ({"weight_decay": -1}, "weight_decay"),
+    ({"warmup_ratio": 1.0}, "warmup_ratio"), ({"max_grad_norm": -0.1}, "max_grad_norm")])
+def test_config_rejects_bad_options(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        E2EConfig(**kwargs)
+
+
+def test_train_scales_rejects_bad_inputs():
+    with pytest.raises(ValueError, match="no GQSLinear"):
+        train_scales(tiny_model("llama"), _windows(), progress=False)
+    with pytest.raises(ValueError, match="int64"):
+        train_scales(_compressed(), _windows().float(), progress=False)
+
+
+def test_steps_lower_the_loss_and_change_only_the_scales():
+    model = _compressed()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    flags = {n: p.requires_grad for n, p in model.named_parameters()}
+    windows = _windows()
+    cfg = E2EConfig(epochs=3, lr=1e-3, batch_size=2, grad_accum=2)
+    log = train_scales(model, windows, cfg, progress=False)
+    assert log["loss_after"] < log["loss_before"] - 0.01, log
+    assert log["loss_after"] == pytest.approx(mean_loss(model, windows, 4, torch.device("cpu")), rel=1e-6)
+    assert log["steps"] == 3 * 2 and len(log["step_losses"]) == 6
+    after = model.state_dict()
+    assert list(after) == list(before) or sorted(after) == sorted(before)
+    for k, v in before.items():
+        assert after[k].dtype == v.dtype and after[k].shape == v.shape, k
+        if k.endswith(FROZEN + ("zeros",)) or not k.endswith("scales"):
+            assert torch.equal(after[k], v), f"{k} changed"
+    assert any(not torch.equal(after[k], v) for k, v in before.items() if k.endswith("scales"))
+    assert {n: p.requires_grad for n, p in model.named_parameters()} == flags
+    assert not model.is_gradient_checkpointing and not model.training
+    assert all(type(m) is GQSLinear for m in model.modules() if isinstance(m, GQSLinear))
+
+
+def test_trained_zeros_stay_integer_and_codes_stay_fixed():
+    model = _compressed()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    train_scales(model, _windows(), E2EConfig(epochs=2, lr=1e-3, lr_zero=0.3, batch_size=4, grad_accum=1,
+                                               train_zeros=True), progress=False, evaluate=False)
+    after = model.state_dict()
+    for k in before:
+        if k.endswith(FROZEN):
+            assert torch.equal(after[k], before[k]), k
+        if k.endswith("zeros"):
+            assert after[k].dtype == torch.uint8 and int(after[k].max()) <= 15
+    assert any(not torch.equal(after[k], before[k]) for k in before if k.endswith("zeros"))
+
+
+def test_scales_get_gradients_through_the_packed_layers():
+    model = _compressed()
+    layers = [m for m in model.modules() if isinstance(m, GQSLinear)]
+    scales, _ = make_trainable(layers, train_zeros=False)
+    batch = _windows(2)
+    model(input_ids=batch, labels=batch, use_cache=False).loss.backward()
+    assert all(s.grad is not None and s.grad.abs().sum() > 0 for s in scales)
+    make_frozen(layers)
+    assert all(m.scales.dtype == torch.float16 and "scales" in dict(m.named_buffers()) for m in layers)
+
+
+def test_trained_model_saves_and_loads_with_the_same_outputs(tmp_path):
+    model = _compressed()
+    train_scales(model, _windows(), E2EConfig(epochs=1, lr=1e-3, batch_size=4, grad_accum=1), progress=False,
+                 evaluate=False)
+    out = save_compressed(model, tmp_path / "m", GQSAConfig(group_size=16, sparsity=0.5, bits=4))
+    loaded = load(out, dtype=torch.float32)
+    batch = _windows(2)
+    with torch.no_grad():
+        assert torch.allclose(model(batch).logits, loaded(batch).logits, atol=1e-5)
