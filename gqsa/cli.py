@@ -37,7 +37,44 @@ def _add_compress(sub) -> None:
     p.add_argument("--batch-size", type=int, default=8, help="calibration windows per block forward")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    _add_stages(p)
     _add_runtime(p)
+
+
+def _add_stages(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("two-stage optimization (off by default) and resume")
+    g.add_argument("--bqpo-epochs", type=int, default=0, help="BQPO epochs per block (0: off; EfficientQAT: 2)")
+    g.add_argument("--bqpo-lr", type=float, default=1e-5, help="BQPO learning rate of the kept weights")
+    g.add_argument("--bqpo-lr-scale", type=float, default=1e-4, help="BQPO learning rate of scales")
+    g.add_argument("--bqpo-lr-zero", type=float, default=1e-4, help="BQPO learning rate of zero points")
+    g.add_argument("--bqpo-batch-size", type=int, default=2)
+    g.add_argument("--bqpo-local-targets", action="store_true",
+                   help="train each block against the dense block on the same inputs, not the FP16 model's chain")
+    g.add_argument("--e2e-epochs", type=int, default=0, help="E2E-OQP epochs (0: off; EfficientQAT: 1)")
+    g.add_argument("--e2e-data", default="coqa", help="E2E-OQP training text (builtin name or path)")
+    g.add_argument("--e2e-nsamples", type=int, default=128, help="E2E-OQP training windows")
+    g.add_argument("--e2e-seqlen", type=int, default=1024)
+    g.add_argument("--e2e-lr", type=float, default=1e-5, help="E2E-OQP learning rate of the scales")
+    g.add_argument("--e2e-batch-size", type=int, default=4)
+    g.add_argument("--e2e-grad-accum", type=int, default=8)
+    g.add_argument("--e2e-train-zeros", action="store_true", help="also train zero points (rounded, STE)")
+    g.add_argument("--resume", action="store_true", help="continue an interrupted run from its block checkpoints")
+    g.add_argument("--checkpoint-dir", default=None, help="per-block checkpoints (default: OUT.checkpoint)")
+
+
+def _stages(a: argparse.Namespace):
+    from gqsa.train.bqpo import BQPOConfig
+    from gqsa.train.e2e import E2EConfig
+    from gqsa.workflow import Stages
+    bqpo = BQPOConfig(epochs=a.bqpo_epochs, batch_size=a.bqpo_batch_size, lr_weight=a.bqpo_lr,
+                      lr_scale=a.bqpo_lr_scale, lr_zero=a.bqpo_lr_zero,
+                      fp_targets=not a.bqpo_local_targets) if a.bqpo_epochs > 0 else None
+    e2e = E2EConfig(epochs=a.e2e_epochs, lr=a.e2e_lr, batch_size=a.e2e_batch_size, grad_accum=a.e2e_grad_accum,
+                    train_zeros=a.e2e_train_zeros) if a.e2e_epochs > 0 else None
+    if a.bqpo_epochs < 0 or a.e2e_epochs < 0:
+        raise ValueError("--bqpo-epochs and --e2e-epochs must be >= 0")
+    return Stages(bqpo=bqpo, e2e=e2e, e2e_data=a.e2e_data, e2e_nsamples=a.e2e_nsamples, e2e_seqlen=a.e2e_seqlen,
+                  resume=a.resume, checkpoint_dir=a.checkpoint_dir)
 
 
 def _add_eval(sub) -> None:
@@ -90,7 +127,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
                         saliency=a.saliency, skip=tuple(a.skip), clip_search=not a.no_clip_search)
     device = pick_device(a.device)
     log = compress_folder(a.model, a.out, config, a.calib, a.nsamples, a.seqlen, device,
-                          pick_dtype(a.dtype, device), a.seed, a.batch_size, a.overwrite)
+                          pick_dtype(a.dtype, device), a.seed, a.batch_size, a.overwrite, stages=_stages(a))
     _print_compress_summary(log, a.out)
     return 0
 
@@ -102,6 +139,7 @@ def _print_compress_summary(log: dict, out: str) -> None:
             ("size before", f"{orig * mb:.1f} MiB" if orig else "n/a"),
             ("size after", f"{log['compressed_bytes'] * mb:.1f} MiB"),
             ("bits per weight (compressed layers)", f"{log['bits_per_weight']:.3f}")]
+    rows.append(("stages", ", ".join(log["stages"])))
     rows += [(f"time: {k}", f"{v:.1f} s") for k, v in log["times"].items()]
     rows.append(("peak memory", f"{log['stages']['oneshot']['peak_memory_bytes'] * mb:.0f} MiB"))
     _table(rows)

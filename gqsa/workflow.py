@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +16,38 @@ from gqsa.hf import save_compressed
 from gqsa.info import folder_bytes, model_stats
 from gqsa.loading import load_model, load_tokenizer, resolve_model
 from gqsa.pipeline import compress
+from gqsa.train.bqpo import BQPOConfig, bqpo_hook, summarize
+from gqsa.train.checkpoint import BlockCheckpoint, run_fingerprint
+from gqsa.train.e2e import E2EConfig, train_scales
+
+
+@dataclass(frozen=True)
+class Stages:
+    """The optional stages after one-shot compression, and resume settings.
+
+    ``bqpo``/``e2e`` None: the stage is off. ``e2e_data``: training text of E2E-OQP (its
+    windows use ``seed + 1``, so they differ from the calibration windows even on the same text).
+    ``checkpoint_dir``: per-block checkpoints (default ``OUT.checkpoint``), kept until the save.
+    """
+
+    bqpo: BQPOConfig | None = None
+    e2e: E2EConfig | None = None
+    e2e_data: str = "coqa"
+    e2e_nsamples: int = 128
+    e2e_seqlen: int = 1024
+    resume: bool = False
+    checkpoint_dir: str | None = None
 
 
 def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib: str = "coqa",
                     nsamples: int = 128, seqlen: int = 2048, device: torch.device = torch.device("cpu"),
                     dtype: torch.dtype = torch.float32, seed: int = 0, batch_size: int = 8,
-                    overwrite: bool = False, progress: bool = True) -> dict[str, Any]:
+                    overwrite: bool = False, progress: bool = True, stages: Stages = Stages()) -> dict[str, Any]:
     """Compress a model folder (or hub id) into ``out``; returns the log also saved there.
 
     The dense model is loaded on the CPU and its blocks are moved to ``device`` one at a
     time, so the GPU needs to hold only one block plus the calibration activations.
+    Every finished block is checkpointed; ``stages.resume`` continues an interrupted run.
     """
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -34,23 +57,38 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
     model = load_model(source, torch.device("cpu"), dtype)
     tokenizer = load_tokenizer(source)
     times["load"] = time.perf_counter() - t
-    t = time.perf_counter()
     ids = calibration_windows(tokenizer, load_texts(calib, "calibration"), nsamples, seqlen, seed)
-    times["calibration_data"] = time.perf_counter() - t
-    report = compress(model, config, ids, device=device, batch_size=batch_size, progress=progress)
+    ckpt = BlockCheckpoint(stages.checkpoint_dir or f"{out}.checkpoint",
+                           run_fingerprint(model, config, ids, bqpo=stages.bqpo and stages.bqpo.to_dict()),
+                           resume=stages.resume)
+    fp_targets = bool(stages.bqpo and stages.bqpo.fp_targets)
+    hook = bqpo_hook(stages.bqpo, progress) if stages.bqpo else None
+    report = compress(model, config, ids, device=device, batch_size=batch_size, progress=progress,
+                      after_block=hook, fp_targets=fp_targets, checkpoint=ckpt)
     times["compress"] = report.seconds
+    stage_log: dict[str, Any] = {"oneshot": {"seconds": report.seconds, "peak_memory_bytes": report.peak_memory_bytes}}
+    if stages.bqpo:
+        stage_log["bqpo"] = summarize(report.blocks, stages.bqpo)
+    if stages.e2e:
+        windows = calibration_windows(tokenizer, load_texts(stages.e2e_data, "calibration"), stages.e2e_nsamples,
+                                      stages.e2e_seqlen, seed + 1)
+        stage_log["e2e_oqp"] = {"data": stages.e2e_data, "config": stages.e2e.to_dict(),
+                                **train_scales(model, windows, stages.e2e, device, progress)}
+        model.to("cpu")
+        times["e2e_oqp"] = stage_log["e2e_oqp"].get("seconds", 0.0)
     stats = model_stats(model)
     log = {"model": model_name, "source": str(source), "config": config.to_dict(),
            "calibration": {"source": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed},
-           "device": str(device), "dtype": str(dtype).replace("torch.", ""),
-           "stages": {"oneshot": {"seconds": report.seconds, "peak_memory_bytes": report.peak_memory_bytes}},
+           "device": str(device), "dtype": str(dtype).replace("torch.", ""), "stages": stage_log,
            "bits_per_weight": stats["bits_per_weight"], "packed_bytes": stats["packed_bytes"],
            "original_bytes": folder_bytes(source) if Path(source).is_dir() else None,
            "layers": report.layers}
     t = time.perf_counter()
     model.to(_source_dtype(source, dtype))  # dense parts back to the checkpoint's dtype; packed tensors keep theirs
-    save_compressed(model, out, config, source=source, stages={"oneshot": True}, overwrite=overwrite,
-                    log={**log, "times": times})
+    save_compressed(model, out, config, source=source, overwrite=overwrite, log={**log, "times": times},
+                    stages={k: (v.get("config") if isinstance(v, dict) and "config" in v else True)
+                            for k, v in stage_log.items()})
+    ckpt.remove()
     times["save"] = time.perf_counter() - t
     log["times"] = times
     log["compressed_bytes"] = folder_bytes(out)

@@ -1,0 +1,56 @@
+"""The gqsa command end to end on a tiny model folder (no network)."""
+
+import json
+
+import pytest
+import torch
+
+from gqsa.cli import main
+from tiny_models import tiny_model
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_tokenizer):
+    path = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"word{i % 97} and more text {i}." for i in range(800)))
+    return path, text
+
+
+def test_compress_with_both_stages_then_info_eval_generate(model_dir, tmp_path, capsys):
+    path, text = model_dir
+    out = tmp_path / "out"
+    torch.set_num_threads(1)
+    rc = main(["compress", str(path), str(out), "--calib", str(text), "--nsamples", "4", "--seqlen", "32",
+               "--bqpo-epochs", "1", "--bqpo-lr", "1e-3", "--e2e-epochs", "1", "--e2e-data", str(text),
+               "--e2e-nsamples", "4", "--e2e-seqlen", "32", "--e2e-batch-size", "2", "--e2e-grad-accum", "1",
+               "--device", "cpu"])
+    assert rc == 0
+    log = json.loads((out / "gqsa_log.json").read_text())
+    assert set(log["stages"]) == {"oneshot", "bqpo", "e2e_oqp"}
+    assert not (tmp_path / "out.checkpoint").exists(), "checkpoints are removed after a successful save"
+    assert (out / "tokenizer.json").exists()
+    assert main(["info", str(out)]) == 0
+    shown = capsys.readouterr().out
+    assert "bits_per_weight" in shown and "bqpo" in shown
+    results = tmp_path / "ppl.json"
+    assert main(["eval", str(out), "--ppl", str(text), "--seqlen", "32", "--max-windows", "3",
+                 "--json", str(results), "--device", "cpu"]) == 0
+    ppl = json.loads(results.read_text())["ppl"][str(text)]
+    assert ppl["windows"] == 3 and ppl["ppl"] > 1
+    assert main(["generate", str(out), "--prompt", "word1 and", "--max-new-tokens", "3", "--device", "cpu"]) == 0
+
+
+def test_existing_output_is_a_clear_error(model_dir, tmp_path, capsys):
+    path, text = model_dir
+    (tmp_path / "out").mkdir()
+    assert main(["compress", str(path), str(tmp_path / "out"), "--calib", str(text)]) == 2
+    assert "--overwrite" in capsys.readouterr().err
+
+
+def test_bad_settings_are_clear_errors(model_dir, tmp_path, capsys):
+    path, text = model_dir
+    assert main(["compress", str(path), str(tmp_path / "o"), "--bits", "5", "--calib", str(text)]) == 2
+    assert "bits must be one of" in capsys.readouterr().err
