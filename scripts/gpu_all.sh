@@ -3,6 +3,7 @@
 #
 # Usage (from the repository root, on a CUDA machine):
 #   scripts/gpu_all.sh [full|quick|tune]
+#     (quick and full also time the one-shot/BQPO/E2E-OQP stages: scripts/stages_gpu.py)
 #     full   tests + kernel bench (all models; beyond LLaMA-2-7B only batch 1/16 at S50)
 #            + decode bench (512-token prompt, 256 new tokens, batch 1 and 8)   ~8 min on an H100
 #     quick  tests + kernel bench on LLaMA-2-7B shapes, batch 1/16 + decode bench with 64 tokens
@@ -16,6 +17,7 @@ mkdir -p "$OUT"
 LOG="$OUT/run.log"
 export PYTHONUNBUFFERED=1
 cd "$(dirname "$0")/.."
+export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 
 step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log, never abort the whole script
     local name=$1 limit=$2; shift 2
@@ -35,11 +37,13 @@ case "$MODE" in
   tune)
     step tune 300 python3 -m gqsa.bench.tune --out "$OUT" ;;
   quick)
-    step kernels 200 python3 -m gqsa.bench.kernels --out "$OUT" --models llama2-7b --batches 1 16
-    step decode 150 python3 -m gqsa.bench.decode --out "$OUT" --tokens 64 ;;
+    step stages 150 python3 scripts/stages_gpu.py --nsamples 64 --out "$OUT/stages_gpu.json"
+    step kernels 170 python3 -m gqsa.bench.kernels --out "$OUT" --models llama2-7b --batches 1 16
+    step decode 120 python3 -m gqsa.bench.decode --out "$OUT" --tokens 64 ;;
   full)
     step kernels 320 python3 -m gqsa.bench.kernels --out "$OUT" --trim
-    step decode 130 python3 -m gqsa.bench.decode --out "$OUT" ;;
+    step decode 130 python3 -m gqsa.bench.decode --out "$OUT"
+    step stages 200 python3 scripts/stages_gpu.py --out "$OUT/stages_gpu.json" ;;
   *) echo "unknown mode $MODE (full|quick|tune)"; exit 2 ;;
 esac
 
