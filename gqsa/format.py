@@ -104,6 +104,7 @@ def pack_layer(q: torch.Tensor, keep: torch.Tensor, scales: torch.Tensor, zeros:
         scales: per-group scales [N, K/G] (float); only kept groups are stored.
         zeros: per-group integer zero points [N, K/G].
     """
+    q, keep, scales, zeros = q.cpu(), keep.cpu(), scales.cpu(), zeros.cpu()  # packing is host work
     n, k = q.shape
     ng = k // group_size
     if keep.shape != (n, ng):
@@ -117,11 +118,11 @@ def pack_layer(q: torch.Tensor, keep: torch.Tensor, scales: torch.Tensor, zeros:
     row_ptr[1:] = torch.cumsum(counts, 0).to(torch.int32)
     col = torch.arange(ng).expand(n, ng)[keep]
     return PackedGQS(
-        codes=pack_codes(qg.cpu().round().to(torch.uint8), bits),
-        col_idx=col.to(torch.int16).cpu(),
+        codes=pack_codes(qg.round().to(torch.uint8), bits),
+        col_idx=col.to(torch.int16),
         row_ptr=row_ptr,
-        scales=scales[keep].to(torch.float16).cpu(),
-        zeros=zeros[keep].round().clamp(0, maxq).to(torch.uint8).cpu(),
+        scales=scales[keep].to(torch.float16),
+        zeros=zeros[keep].round().clamp(0, maxq).to(torch.uint8),
         out_features=n, in_features=k, group_size=group_size, bits=bits)
 
 
