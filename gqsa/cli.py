@@ -23,9 +23,12 @@ def _add_compress(sub) -> None:
     p = sub.add_parser("compress", help="compress a causal LM folder into a gqsa folder")
     p.add_argument("model", help="model folder, hub id, or 'smollm2' (the offline default)")
     p.add_argument("out", help="output folder (written atomically)")
-    p.add_argument("--sparsity", type=float, default=0.5, help="fraction of groups pruned (default 0.5)")
-    p.add_argument("--bits", type=int, default=4, help="bits per kept weight: 2, 3, 4 or 8 (default 4)")
-    p.add_argument("--group-size", type=int, default=16, help="G: 8, 16, 32, 64 or 128 (default 16)")
+    p.add_argument("--method", default="gqsa", choices=["gqsa", "rtn", "gptq", "sparsegpt", "wanda"],
+                   help="gqsa, or a baseline in the same pipeline (saved as a dense fake-quant folder)")
+    p.add_argument("--pattern", default=None, help="baselines: dense, unstructured or N:M such as 2:4")
+    p.add_argument("--sparsity", type=float, default=None, help="fraction pruned (gqsa default 0.5)")
+    p.add_argument("--bits", type=int, default=None, help="bits per kept weight: 2, 3, 4 or 8 (default 4)")
+    p.add_argument("--group-size", type=int, default=None, help="G (gqsa default 16; baselines 128)")
     p.add_argument("--balance", default="row", choices=["row", "layer"], help="same groups per row, or per layer")
     p.add_argument("--saliency", default="obs", choices=["obs", "wanda"], help="group importance score")
     p.add_argument("--sym", action="store_true", help="symmetric quantization")
@@ -80,7 +83,9 @@ def _stages(a: argparse.Namespace):
 def _add_eval(sub) -> None:
     p = sub.add_parser("eval", help="perplexity of a model folder (original or compressed)")
     p.add_argument("model")
-    p.add_argument("--ppl", nargs="+", default=["boolq"], help="held-out texts (builtin names or paths)")
+    p.add_argument("--ppl", nargs="*", default=["boolq"], help="held-out texts (builtin names or paths)")
+    p.add_argument("--tasks", nargs="*", default=[], help="multiple-choice tasks: piqa, arc_easy, ... or FILE.jsonl")
+    p.add_argument("--limit", type=int, default=None, help="first N items of each task")
     p.add_argument("--seqlen", type=int, default=1024)
     p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
     p.add_argument("--json", default=None, help="write the results here (default: print only)")
@@ -108,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the offline demo: SmolLM2 compressed at W4 S50 G16 on CPU, before vs after")
     p.add_argument("--out", default=None, help="where to keep the compressed model (default: a cache folder)")
     p.add_argument("--windows", type=int, default=16, help="evaluation windows of 1024 tokens")
+    p = sub.add_parser("report", help="gather run logs into a Markdown table and plots")
+    p.add_argument("runs", nargs="+", help="run folders holding run.json")
+    p.add_argument("--out", required=True)
     p = sub.add_parser("bench", help="GPU benchmarks: 'kernels', 'decode' or 'report' (options after it: --help)")
     p.add_argument("what", choices=["kernels", "decode", "report"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
@@ -120,15 +128,35 @@ def cmd_bench(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_report(a: argparse.Namespace) -> int:
+    from gqsa.report import make_report
+    print(make_report([Path(r) for r in a.runs], Path(a.out)))
+    return 0
+
+
 def cmd_compress(a: argparse.Namespace) -> int:
     from gqsa.loading import pick_device, pick_dtype
     from gqsa.workflow import compress_folder
-    config = GQSAConfig(group_size=a.group_size, sparsity=a.sparsity, bits=a.bits, sym=a.sym, balance=a.balance,
-                        saliency=a.saliency, skip=tuple(a.skip), clip_search=not a.no_clip_search)
     device = pick_device(a.device)
+    if a.method != "gqsa":
+        return _compress_baseline(a, device, pick_dtype(a.dtype, device))
+    config = GQSAConfig(group_size=a.group_size or 16, sparsity=0.5 if a.sparsity is None else a.sparsity,
+                        bits=a.bits or 4, sym=a.sym, balance=a.balance, saliency=a.saliency, skip=tuple(a.skip),
+                        clip_search=not a.no_clip_search)
     log = compress_folder(a.model, a.out, config, a.calib, a.nsamples, a.seqlen, device,
                           pick_dtype(a.dtype, device), a.seed, a.batch_size, a.overwrite, stages=_stages(a))
     _print_compress_summary(log, a.out)
+    return 0
+
+
+def _compress_baseline(a: argparse.Namespace, device, dtype) -> int:
+    from gqsa.workflow import compress_baseline_folder
+    log = compress_baseline_folder(a.model, a.out, a.method, a.pattern, a.bits, a.group_size, a.sparsity, a.calib,
+                                   a.nsamples, a.seqlen, device, dtype, a.seed, a.batch_size, a.overwrite,
+                                   skip=tuple(a.skip), sym=a.sym)
+    _table([("output", a.out), ("method", f"{a.method} {log['settings']}"),
+            ("bits per weight (convention in docs/results.md)", f"{log['bits_per_weight']:.3f}"),
+            ("time", f"{log['seconds']:.1f} s")])
     return 0
 
 
@@ -155,9 +183,12 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from gqsa.evaluate import evaluate_perplexities
     from gqsa.loading import pick_device, pick_dtype
     device = pick_device(a.device)
-    results = evaluate_perplexities(a.model, a.ppl, a.seqlen, device, pick_dtype(a.dtype, device), a.max_windows)
+    results = evaluate_perplexities(a.model, a.ppl, a.seqlen, device, pick_dtype(a.dtype, device), a.max_windows,
+                                    a.tasks, a.limit)
     for name, r in results["ppl"].items():
         print(f"{name}: perplexity {r['ppl']:.3f} over {r['windows']} windows of {r['seqlen']} tokens")
+    for name, r in results["tasks"].items():
+        print(f"{name}: acc {r['acc']:.4f}  acc_norm {r['acc_norm']:.4f}  (n={r['n']})")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
     return 0
@@ -188,7 +219,7 @@ def cmd_demo(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info, "demo": cmd_demo,
+COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "generate": cmd_generate, "info": cmd_info, "demo": cmd_demo, "report": cmd_report,
             "bench": cmd_bench}
 
 

@@ -10,21 +10,25 @@ import torch
 
 from gqsa.data import eval_tokens, load_texts
 from gqsa.eval.perplexity import perplexity
+from gqsa.eval.zeroshot import evaluate_mc, load_mc_tasks
 from gqsa.info import folder_bytes, model_stats, read_log
 from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_model
 
 
 def evaluate_perplexities(model_name: str, texts: list[str], seqlen: int, device: torch.device,
-                          dtype: torch.dtype, max_windows: int | None = None) -> dict[str, Any]:
+                          dtype: torch.dtype, max_windows: int | None = None, tasks: list[str] = (),
+                          limit: int | None = None) -> dict[str, Any]:
     """Perplexity of one model on each held-out text (GPTQ protocol: joined with "\\n\\n",
-    whole non-overlapping windows)."""
+    whole non-overlapping windows), and acc/acc_norm on local multiple-choice tasks."""
     path = resolve_model(model_name)
     model = load_model(path, device, dtype)
     tokenizer = load_tokenizer(path)
-    out: dict[str, Any] = {"model": model_name, "compressed": is_compressed(path), "ppl": {}}
+    out: dict[str, Any] = {"model": model_name, "compressed": is_compressed(path), "ppl": {}, "tasks": {}}
     for name in texts:
         tokens = eval_tokens(tokenizer, load_texts(name, "eval"))
         out["ppl"][name] = perplexity(model, tokens, seqlen=seqlen, device=device, max_windows=max_windows)
+    for name in tasks:
+        out["tasks"][name] = evaluate_mc(model, tokenizer, load_mc_tasks(name), limit=limit, device=device)
     return out
 
 

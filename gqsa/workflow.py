@@ -102,3 +102,25 @@ def _source_dtype(source: str, fallback: torch.dtype) -> torch.dtype:
     name = saved.get("dtype") or saved.get("torch_dtype")
     d = getattr(torch, name, None) if isinstance(name, str) else None
     return d if isinstance(d, torch.dtype) and d.is_floating_point else fallback
+
+
+def compress_baseline_folder(model_name: str, out: str | Path, method: str, pattern: str | None, bits: int | None,
+                             group_size: int | None, sparsity: float | None, calib: str = "coqa",
+                             nsamples: int = 128, seqlen: int = 2048, device: torch.device = torch.device("cpu"),
+                             dtype: torch.dtype = torch.float32, seed: int = 0, batch_size: int = 8,
+                             overwrite: bool = False, **options: Any) -> dict[str, Any]:
+    """Compress with a baseline method (:func:`gqsa.baselines.compress_method`) and save it
+    (:func:`gqsa.baselines.save_method`): same data, model handling and folder rules as gqsa."""
+    from gqsa.baselines import compress_method, save_method
+    if Path(out).exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
+    source = resolve_model(model_name)
+    model = load_model(source, torch.device("cpu"), dtype)
+    ids = None
+    if method != "rtn":
+        ids = calibration_windows(load_tokenizer(source), load_texts(calib, "calibration"), nsamples, seqlen, seed)
+    report = compress_method(model, method, pattern, bits, group_size, sparsity, ids, device=device,
+                             batch_size=batch_size, **options)
+    model.to(_source_dtype(source, dtype))
+    save_method(model, report, out, source=source, overwrite=overwrite)
+    return {"settings": report.settings(), "bits_per_weight": report.bits_per_weight, "seconds": report.seconds}

@@ -54,3 +54,33 @@ def test_bad_settings_are_clear_errors(model_dir, tmp_path, capsys):
     path, text = model_dir
     assert main(["compress", str(path), str(tmp_path / "o"), "--bits", "5", "--calib", str(text)]) == 2
     assert "bits must be one of" in capsys.readouterr().err
+
+
+def test_baseline_method_saves_a_dense_folder_that_loads(model_dir, tmp_path):
+    path, text = model_dir
+    out = tmp_path / "sgpt"
+    assert main(["compress", str(path), str(out), "--method", "sparsegpt", "--pattern", "2:4", "--bits", "4",
+                 "--calib", str(text), "--nsamples", "4", "--seqlen", "32", "--device", "cpu"]) == 0
+    cfg = json.loads((out / "config.json").read_text())
+    assert "gqsa_baseline" in cfg and "quantization_config" not in cfg
+    from transformers import AutoModelForCausalLM
+    w = AutoModelForCausalLM.from_pretrained(out).model.layers[0].mlp.up_proj.weight
+    assert ((w.reshape(-1, 4) != 0).sum(1) <= 2).all(), "2:4 pattern lost on save/load"
+
+
+def test_eval_multiple_choice_file_and_report(model_dir, tmp_path, capsys):
+    path, _ = model_dir
+    tasks = tmp_path / "mc.jsonl"
+    tasks.write_text("\n".join(json.dumps({"context": f"Question {i}?", "choices": [" yes", " no"], "gold": i % 2})
+                               for i in range(4)))
+    results = tmp_path / "r.json"
+    assert main(["eval", str(path), "--ppl", "--tasks", str(tasks), "--json", str(results), "--device", "cpu"]) == 0
+    r = json.loads(results.read_text())["tasks"][str(tasks)]
+    assert r["n"] == 4 and 0 <= r["acc"] <= 1
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "run.json").write_text(json.dumps({"schema": "gqsa-run/1", "run": "x", "label": "X", "method": "gqsa",
+                                              "settings": {}, "bits_per_weight": 3.3, "ppl": {"boolq": 20.0},
+                                              "accuracy": {}}))
+    assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
+    assert (tmp_path / "rep" / "report.md").exists()
