@@ -16,6 +16,7 @@ SUPPORTED_BITS = (2, 3, 4, 8)
 SUPPORTED_GROUP_SIZES = (8, 16, 32, 64, 128)
 BALANCES = ("row", "layer")
 SALIENCIES = ("obs", "wanda")
+MASKS = ("adaptive", "static")
 
 
 @dataclass(frozen=True)
@@ -35,6 +36,10 @@ class GQSAConfig:
         damp: Hessian dampening, as a fraction of the mean of its diagonal.
         block_size: columns processed together in the lazy-batch joint update.
         clip_search: search a shrink of each group's range that minimises its rounding error.
+        mask: ``adaptive`` chooses the groups of each lazy block of columns as the joint update
+            reaches it, scoring the already-updated weights (SparseGPT's adaptive selection; needs
+            ``balance="row"`` and ``saliency="obs"``); ``static`` chooses the whole mask up front
+            from the original weights (any balance and saliency).
     """
 
     group_size: int = 16
@@ -47,6 +52,7 @@ class GQSAConfig:
     damp: float = 0.01
     block_size: int = 128
     clip_search: bool = True
+    mask: str = "adaptive"
     version: int = field(default=CONFIG_VERSION)
 
     def __post_init__(self) -> None:
@@ -58,6 +64,10 @@ class GQSAConfig:
         _check(self.bits in SUPPORTED_BITS, f"bits must be one of {SUPPORTED_BITS}, got {self.bits!r}")
         _check(self.balance in BALANCES, f"balance must be one of {BALANCES}, got {self.balance!r}")
         _check(self.saliency in SALIENCIES, f"saliency must be one of {SALIENCIES}, got {self.saliency!r}")
+        _check(self.mask in MASKS, f"mask must be one of {MASKS}, got {self.mask!r}")
+        _check(self.mask == "static" or (self.balance == "row" and self.saliency == "obs"),
+               f"mask='adaptive' needs balance='row' and saliency='obs' (got balance={self.balance!r}, "
+               f"saliency={self.saliency!r}); pass mask='static'")
         _check(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
         _check(self.block_size > 0 and self.block_size % self.group_size == 0,
                f"block_size must be a positive multiple of group_size, got {self.block_size!r}")

@@ -4,7 +4,7 @@ from gqsa.config import GQSAConfig
 
 
 def test_defaults_round_trip_through_dict():
-    c = GQSAConfig(sparsity=0.3, bits=3, balance="layer", skip=("lm_head", "q_proj"))
+    c = GQSAConfig(sparsity=0.3, bits=3, balance="layer", mask="static", skip=("lm_head", "q_proj"))
     d = c.to_dict()
     assert d["quant_method"] == "gqsa"
     assert GQSAConfig.from_dict(d) == c

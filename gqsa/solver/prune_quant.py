@@ -29,17 +29,25 @@ class LayerResult:
     weight: torch.Tensor
 
 
-def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor, group_size: int, bits: int,
-                   sym: bool = False, clip_search: bool = True, block_size: int = 128) -> LayerResult:
-    """Jointly prune (mask fixed) and quantize W [N, K] with error compensation.
+def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, group_size: int, bits: int,
+                   sym: bool = False, clip_search: bool = True, block_size: int = 128,
+                   sparsity: float | None = None) -> LayerResult:
+    """Jointly prune and quantize W [N, K] with error compensation.
 
     Args:
         W: [N, K] float32 weights (not modified). U: [K, K] upper Cholesky factor of H^-1.
-        keep: [N, K/G] bool, the groups that stay. Returns a :class:`LayerResult`.
+        keep: [N, K/G] bool, the groups that stay (a mask fixed up front); or None with
+            ``sparsity``: the mask is then chosen block by block (adaptive, as SparseGPT does),
+            pruning round(sparsity * groups) groups of every row in each lazy block, by the
+            OBS group score on the already-updated weights (:func:`adaptive_block_keep`).
+    Returns a :class:`LayerResult`.
     """
     W = W.clone().float()
     n, k = W.shape
     ng = k // group_size
+    adaptive = keep is None
+    if adaptive:
+        keep = torch.zeros(n, ng, dtype=torch.bool, device=W.device)
     keep_cols = keep.repeat_interleave(group_size, dim=1)
     codes = torch.zeros_like(W)
     out = torch.zeros_like(W)
@@ -49,6 +57,10 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor, group_s
         i2 = min(i1 + block_size, k)
         W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
+        if adaptive:
+            blk = adaptive_block_keep(W1, U1, group_size, sparsity)
+            keep[:, i1 // group_size:i2 // group_size] = blk
+            keep_cols[:, i1:i2] = blk.repeat_interleave(group_size, dim=1)
         for i in range(i2 - i1):
             col = i1 + i
             if col % group_size == 0:
@@ -67,6 +79,26 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor, group_s
             Err1[:, i] = err
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
     return LayerResult(codes, scales, zeros, keep, out)
+
+
+def adaptive_block_keep(W1: torch.Tensor, U1: torch.Tensor, group_size: int, sparsity: float) -> torch.Tensor:
+    """Keep-mask [N, B/G] of one lazy block from the OBS group scores at this point.
+
+    With columns before the block already fixed, the inverse Hessian of the remaining
+    problem restricted to the block is U1^T U1 (U1 = the block's part of the Cholesky factor
+    of H^-1, GPTQ sec. 3). Each group's cost is 1/2 w^T B^-1 w with B its G x G diagonal
+    block and w the group's current (updated) weights; every row prunes the same count.
+    """
+    n, b = W1.shape
+    ng = b // group_size
+    idx = torch.arange(ng, device=W1.device)
+    hinv = (U1.T @ U1).reshape(ng, group_size, ng, group_size)[idx, :, idx, :]
+    binv = torch.cholesky_inverse(torch.linalg.cholesky(hinv))
+    wg = W1.reshape(n, ng, group_size)
+    scores = torch.einsum("ngi,gij,ngj->ng", wg, binv, wg)
+    kept = ng - int(round(sparsity * ng))
+    keep = torch.zeros(n, ng, dtype=torch.bool, device=W1.device)
+    return keep.scatter_(1, torch.topk(scores, kept, dim=1).indices, True)
 
 
 def round_to_nearest(W: torch.Tensor, keep: torch.Tensor, group_size: int, bits: int,

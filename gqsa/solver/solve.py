@@ -28,10 +28,11 @@ def solve_layer(weight: torch.Tensor, acc: HessianAccumulator, config: GQSAConfi
     W = weight.detach().to(acc.H.device, torch.float32).clone()
     W[:, dead_inputs(acc.H)] = 0
     Hinv = damped_inverse(acc.H, config.damp)
-    keep = choose_mask(W, acc, Hinv, config)
+    adaptive = config.mask == "adaptive"
+    keep = None if adaptive else choose_mask(W, acc, Hinv, config)
     U = inverse_cholesky_upper(Hinv)
-    return prune_quantize(W, U, keep, config.group_size, config.bits, config.sym,
-                          config.clip_search, config.block_size)
+    return prune_quantize(W, U, keep, config.group_size, config.bits, config.sym, config.clip_search,
+                          config.block_size, sparsity=config.sparsity if adaptive else None)
 
 
 def solve_layer_naive(weight: torch.Tensor, acc: HessianAccumulator, config: GQSAConfig) -> LayerResult:

@@ -103,3 +103,25 @@ def test_joint_update_with_fixed_mask_beats_rtn_on_the_same_mask():
     joint = output_error(W, prune_quantize(W, U, keep, 16, 4).weight, acc.H)
     rtn = output_error(W, round_to_nearest(W, keep, 16, 4).weight, acc.H)
     assert joint < 0.9 * rtn, (joint, rtn)
+
+
+def test_adaptive_mask_prunes_exactly_per_row_and_beats_the_static_one():
+    x = correlated_inputs(k=256, seed=5)
+    acc = HessianAccumulator(256)
+    acc.add_batch(x)
+    W = torch.randn(64, 256)
+    adaptive = solve_layer(W, acc, GQSAConfig(sparsity=0.5, mask="adaptive"))
+    static = solve_layer(W, acc, GQSAConfig(sparsity=0.5, mask="static"))
+    assert (adaptive.keep.sum(1) == 8).all()
+    # each lazy block of 128 columns (8 groups) keeps exactly half of its groups in every row
+    assert (adaptive.keep.reshape(64, 2, 8).sum(-1) == 4).all()
+    assert (adaptive.weight[~adaptive.keep.repeat_interleave(16, dim=1)] == 0).all()
+    assert output_error(W, adaptive.weight, acc.H) < output_error(W, static.weight, acc.H)
+
+
+def test_adaptive_mask_needs_row_balance_and_obs():
+    with pytest.raises(ValueError, match="mask='static'"):
+        GQSAConfig(balance="layer")
+    with pytest.raises(ValueError, match="mask='static'"):
+        GQSAConfig(saliency="wanda")
+    assert GQSAConfig(balance="layer", mask="static").balance == "layer"
