@@ -43,12 +43,22 @@ def quantization_dict(model: nn.Module, config: GQSAConfig, stages: dict[str, An
 def save_compressed(model: nn.Module, out: str | os.PathLike, config: GQSAConfig, source: str | os.PathLike | None = None,
                     stages: dict[str, Any] | None = None, overwrite: bool = False,
                     max_shard_size: str = "2GB", log: dict[str, Any] | None = None) -> Path:
-    """Save a compressed model atomically to ``out``.
+    """Save a compressed model atomically to ``out`` (see :func:`save_pretrained_atomic`);
+    ``log`` is written as ``gqsa_log.json`` inside the same atomic step."""
+    model.config.quantization_config = quantization_dict(model, config, stages)
+    files = {} if log is None else {"gqsa_log.json": json.dumps(log, indent=2, default=str)}
+    return save_pretrained_atomic(model, out, source, overwrite, max_shard_size, files)
+
+
+def save_pretrained_atomic(model: nn.Module, out: str | os.PathLike, source: str | os.PathLike | None = None,
+                           overwrite: bool = False, max_shard_size: str = "2GB",
+                           files: dict[str, str] | None = None) -> Path:
+    """``model.save_pretrained(out)`` that never leaves a half-written folder.
 
     Everything is written into a temporary folder beside ``out`` and renamed into place
     at the end, so an interrupted save leaves no folder at ``out``. Tokenizer and
     generation files are copied from ``source`` (the original model folder) when given;
-    ``log`` is written as ``gqsa_log.json`` inside the same atomic step.
+    ``files`` (name -> text) are written beside the weights.
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -56,11 +66,10 @@ def save_compressed(model: nn.Module, out: str | os.PathLike, config: GQSAConfig
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        model.config.quantization_config = quantization_dict(model, config, stages)
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
         _copy_tokenizer_files(source, tmp)
-        if log is not None:
-            (tmp / "gqsa_log.json").write_text(json.dumps(log, indent=2, default=str))
+        for name, text in (files or {}).items():
+            (tmp / name).write_text(text)
         _replace_dir(tmp, out)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)

@@ -16,14 +16,6 @@ import torch
 from gqsa.eval.lm_eval_adapter import HarnessModel, register
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def req(*args):
     """A stand-in for lm-eval's ``Instance``: only ``.args`` is read."""
     return SimpleNamespace(args=args)

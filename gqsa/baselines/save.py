@@ -14,14 +14,12 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
-import tempfile
 from pathlib import Path
 from typing import Any
 
 from torch import nn
 
-from gqsa.hf import _copy_tokenizer_files, _replace_dir
+from gqsa.hf import save_pretrained_atomic
 
 CONFIG_KEY = "gqsa_baseline"
 
@@ -31,20 +29,8 @@ def save_baseline(model: nn.Module, out: str | os.PathLike, description: dict[st
                   max_shard_size: str = "2GB") -> Path:
     """Save a dense (fake-quantized / pruned) model atomically to ``out`` with ``description``
     as the ``gqsa_baseline`` entry of its config.json; tokenizer files are copied from ``source``."""
-    out = Path(out)
-    if out.exists() and not overwrite:
-        raise FileExistsError(f"{out} exists; pass overwrite=True (CLI: --overwrite) to replace it")
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    try:
-        setattr(model.config, CONFIG_KEY, description)
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
-        _copy_tokenizer_files(source, tmp)
-        _replace_dir(tmp, out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    return out
+    setattr(model.config, CONFIG_KEY, description)
+    return save_pretrained_atomic(model, out, source, overwrite, max_shard_size)
 
 
 def read_baseline(path: str | os.PathLike) -> dict[str, Any] | None:

@@ -20,14 +20,6 @@ CONFIG = GQSAConfig(group_size=16, sparsity=0.5, bits=4)
 PACKED = ("codes", "col_idx", "row_ptr", "scales", "zeros")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster, above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _one_shot_block(n: int = 16, length: int = 32):
     """Block 0 of a tiny LLaMA after one-shot compression, its inputs, dense outputs and kwargs."""

@@ -16,14 +16,6 @@ from gqsa.train.e2e import E2EConfig, make_frozen, make_trainable, mean_loss, tr
 FROZEN = ("codes", "col_idx", "row_ptr")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster, above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _windows(n: int = 8, length: int = 32) -> torch.Tensor:
     """Learnable text: each window counts up from a random start (mod the vocabulary)."""

@@ -19,14 +19,6 @@ CONFIG = GQSAConfig(group_size=16, sparsity=0.5, bits=4)
 BQPO = BQPOConfig(epochs=1, batch_size=4, lr_weight=1e-3, lr_scale=1e-4, seed=7)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny tensors: one intra-op thread is much faster, above all on a busy machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 class Interrupt(Exception):
     pass
