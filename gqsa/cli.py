@@ -31,9 +31,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--group-size", type=int, default=None, help="G (gqsa default 16; baselines 128)")
     p.add_argument("--balance", default="row", choices=["row", "layer"], help="same groups per row, or per layer")
     p.add_argument("--saliency", default="obs", choices=["obs", "wanda"], help="group importance score")
-    p.add_argument("--mask", default=None, choices=["adaptive", "static"],
-                   help="group selection per column block as the update proceeds (default with row balance "
-                        "and obs), or once up front (default otherwise)")
+    p.add_argument("--mask", default="static", choices=["adaptive", "static"],
+                   help="choose the groups once up front (default), or per column block as the joint update "
+                        "proceeds (needs --balance row and --saliency obs)")
     p.add_argument("--sym", action="store_true", help="symmetric quantization")
     p.add_argument("--no-clip-search", action="store_true", help="plain min-max ranges")
     p.add_argument("--skip", nargs="*", default=["lm_head"], help="module names kept dense")
@@ -145,15 +145,11 @@ def cmd_compress(a: argparse.Namespace) -> int:
         return _compress_baseline(a, device, pick_dtype(a.dtype, device))
     config = GQSAConfig(group_size=a.group_size or 16, sparsity=0.5 if a.sparsity is None else a.sparsity,
                         bits=a.bits or 4, sym=a.sym, balance=a.balance, saliency=a.saliency, skip=tuple(a.skip),
-                        clip_search=not a.no_clip_search, mask=a.mask or _default_mask(a))
+                        clip_search=not a.no_clip_search, mask=a.mask)
     log = compress_folder(a.model, a.out, config, a.calib, a.nsamples, a.seqlen, device,
                           pick_dtype(a.dtype, device), a.seed, a.batch_size, a.overwrite, stages=_stages(a))
     _print_compress_summary(log, a.out)
     return 0
-
-
-def _default_mask(a: argparse.Namespace) -> str:
-    return "adaptive" if a.balance == "row" and a.saliency == "obs" else "static"
 
 
 def _compress_baseline(a: argparse.Namespace, device, dtype) -> int:

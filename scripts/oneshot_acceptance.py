@@ -1,5 +1,5 @@
 """Issue-2 acceptance on SmolLM2-135M-Instruct (CPU): reference vs gqsa one-shot vs the naive
-magnitude group pruning + round-to-nearest, at W4 S50 G16 and W4 S20 G16.
+magnitude group pruning + round-to-nearest, at W4 S50 G16 and W4 S20 G16 (both mask modes).
 
 Usage: python scripts/oneshot_acceptance.py [--windows 40] [--out docs/results/oneshot.json]
 """
@@ -40,11 +40,14 @@ def main() -> None:
     cpu = torch.device("cpu")
     rows = [{"method": "reference (dequantized Q4_1, fp32)", "bits_per_weight": 16.0,
              "ppl": perplexity(load_model(str(src), cpu, torch.float32), tokens, 1024, max_windows=a.windows)["ppl"]}]
+    variants = (("gqsa one-shot (static mask)", "static", solve_layer),
+                ("gqsa one-shot (adaptive mask)", "adaptive", solve_layer),
+                ("magnitude groups + RTN", "static", solve_layer_naive))
     for sparsity in (0.5, 0.2):
-        for label, solve in (("gqsa one-shot", solve_layer), ("magnitude groups + RTN", solve_layer_naive)):
+        for label, mask, solve in variants:
             model = load_model(str(src), cpu, torch.float32)
             t = time.perf_counter()
-            compress(model, GQSAConfig(sparsity=sparsity, bits=4, group_size=16), calib, solve=solve)
+            compress(model, GQSAConfig(sparsity=sparsity, bits=4, group_size=16, mask=mask), calib, solve=solve)
             secs = time.perf_counter() - t
             ppl = perplexity(model, tokens, 1024, max_windows=a.windows)["ppl"]
             rows.append({"method": f"{label} W4 S{int(sparsity * 100)} G16", "ppl": ppl, "seconds": secs,
@@ -56,7 +59,7 @@ def main() -> None:
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=2))
     for r in rows:
-        print(f"{r['method']:<42} ppl {r['ppl']:8.2f}  bpw {r['bits_per_weight']:5.2f}  {r.get('seconds', 0):6.0f} s")
+        print(f"{r['method']:<48} ppl {r['ppl']:8.2f}  bpw {r['bits_per_weight']:5.2f}  {r.get('seconds', 0):6.0f} s")
 
 
 if __name__ == "__main__":

@@ -38,7 +38,8 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, 
         W: [N, K] float32 weights (not modified). U: [K, K] upper Cholesky factor of H^-1.
         keep: [N, K/G] bool, the groups that stay (a mask fixed up front); or None with
             ``sparsity``: the mask is then chosen block by block (adaptive, as SparseGPT does),
-            pruning round(sparsity * groups) groups of every row in each lazy block, by the
+            pruning exactly round(sparsity * K/G) groups of every row in all (the count of each
+            lazy block is the difference of rounded cumulative counts), by the
             OBS group score on the already-updated weights (:func:`adaptive_block_keep`).
     Returns a :class:`LayerResult`.
     """
@@ -58,7 +59,9 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, 
         W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
         Err1 = torch.zeros_like(W1)
         if adaptive:
-            blk = adaptive_block_keep(W1, U1, group_size, sparsity)
+            g1, g2 = i1 // group_size, i2 // group_size
+            pruned = int(round(sparsity * g2)) - int(round(sparsity * g1))  # exact row total over blocks
+            blk = adaptive_block_keep(W1, U1, group_size, (g2 - g1) - pruned)
             keep[:, i1 // group_size:i2 // group_size] = blk
             keep_cols[:, i1:i2] = blk.repeat_interleave(group_size, dim=1)
         for i in range(i2 - i1):
@@ -81,13 +84,13 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, 
     return LayerResult(codes, scales, zeros, keep, out)
 
 
-def adaptive_block_keep(W1: torch.Tensor, U1: torch.Tensor, group_size: int, sparsity: float) -> torch.Tensor:
+def adaptive_block_keep(W1: torch.Tensor, U1: torch.Tensor, group_size: int, kept: int) -> torch.Tensor:
     """Keep-mask [N, B/G] of one lazy block from the OBS group scores at this point.
 
     With columns before the block already fixed, the inverse Hessian of the remaining
     problem restricted to the block is U1^T U1 (U1 = the block's part of the Cholesky factor
     of H^-1, GPTQ sec. 3). Each group's cost is 1/2 w^T B^-1 w with B its G x G diagonal
-    block and w the group's current (updated) weights; every row prunes the same count.
+    block and w the group's current (updated) weights; every row keeps ``kept`` groups.
     """
     n, b = W1.shape
     ng = b // group_size
@@ -96,7 +99,6 @@ def adaptive_block_keep(W1: torch.Tensor, U1: torch.Tensor, group_size: int, spa
     binv = torch.cholesky_inverse(torch.linalg.cholesky(hinv))
     wg = W1.reshape(n, ng, group_size)
     scores = torch.einsum("ngi,gij,ngj->ng", wg, binv, wg)
-    kept = ng - int(round(sparsity * ng))
     keep = torch.zeros(n, ng, dtype=torch.bool, device=W1.device)
     return keep.scatter_(1, torch.topk(scores, kept, dim=1).indices, True)
 
