@@ -20,7 +20,6 @@ CONFIG = GQSAConfig(group_size=16, sparsity=0.5, bits=4)
 PACKED = ("codes", "col_idx", "row_ptr", "scales", "zeros")
 
 
-
 def _one_shot_block(n: int = 16, length: int = 32):
     """Block 0 of a tiny LLaMA after one-shot compression, its inputs, dense outputs and kwargs."""
     model = tiny_model("llama")

@@ -16,7 +16,6 @@ from gqsa.train.e2e import E2EConfig, make_frozen, make_trainable, mean_loss, tr
 FROZEN = ("codes", "col_idx", "row_ptr")
 
 
-
 def _windows(n: int = 8, length: int = 32) -> torch.Tensor:
     """Learnable text: each window counts up from a random start (mod the vocabulary)."""
     g = torch.Generator().manual_seed(3)

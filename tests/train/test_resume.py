@@ -19,9 +19,8 @@ CONFIG = GQSAConfig(group_size=16, sparsity=0.5, bits=4)
 BQPO = BQPOConfig(epochs=1, batch_size=4, lr_weight=1e-3, lr_scale=1e-4, seed=7)
 
 
-
 class Interrupt(Exception):
-    pass
+    """A simulated crash inside a block's hook."""
 
 
 def _run(folder, resume=False, stop_at=None, calls=None, config=CONFIG):
