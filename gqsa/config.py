@@ -59,21 +59,21 @@ class GQSAConfig:
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip", tuple(self.skip))
-        _check(isinstance(self.group_size, int) and self.group_size in SUPPORTED_GROUP_SIZES,
+        require(isinstance(self.group_size, int) and self.group_size in SUPPORTED_GROUP_SIZES,
                f"group_size must be one of {SUPPORTED_GROUP_SIZES}, got {self.group_size!r}")
-        _check(isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0,
+        require(isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0,
                f"sparsity must be in [0, 1), got {self.sparsity!r}")
-        _check(self.bits in SUPPORTED_BITS, f"bits must be one of {SUPPORTED_BITS}, got {self.bits!r}")
-        _check(self.balance in BALANCES, f"balance must be one of {BALANCES}, got {self.balance!r}")
-        _check(self.saliency in SALIENCIES, f"saliency must be one of {SALIENCIES}, got {self.saliency!r}")
-        _check(self.mask in MASKS, f"mask must be one of {MASKS}, got {self.mask!r}")
-        _check(self.mask == "static" or (self.balance == "row" and self.saliency == "obs"),
+        require(self.bits in SUPPORTED_BITS, f"bits must be one of {SUPPORTED_BITS}, got {self.bits!r}")
+        require(self.balance in BALANCES, f"balance must be one of {BALANCES}, got {self.balance!r}")
+        require(self.saliency in SALIENCIES, f"saliency must be one of {SALIENCIES}, got {self.saliency!r}")
+        require(self.mask in MASKS, f"mask must be one of {MASKS}, got {self.mask!r}")
+        require(self.mask == "static" or (self.balance == "row" and self.saliency == "obs"),
                f"mask='adaptive' needs balance='row' and saliency='obs' (got balance={self.balance!r}, "
                f"saliency={self.saliency!r}); pass mask='static'")
-        _check(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
-        _check(self.block_size > 0 and self.block_size % self.group_size == 0,
+        require(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
+        require(self.block_size > 0 and self.block_size % self.group_size == 0,
                f"block_size must be a positive multiple of group_size, got {self.block_size!r}")
-        _check(self.version == CONFIG_VERSION,
+        require(self.version == CONFIG_VERSION,
                f"config version {self.version} is not supported by this gqsa (knows {CONFIG_VERSION})")
 
     def to_dict(self) -> dict[str, Any]:
@@ -88,7 +88,7 @@ class GQSAConfig:
         d = {k: v for k, v in d.items() if k not in ("quant_method", "layers", "format_version", "stages")}
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(d) - known)
-        _check(not unknown, f"unknown GQSAConfig keys {unknown}; known keys are {sorted(known)}")
+        require(not unknown, f"unknown GQSAConfig keys {unknown}; known keys are {sorted(known)}")
         return cls(**d)
 
     def skips(self, name: str) -> bool:
@@ -96,6 +96,7 @@ class GQSAConfig:
         return any(name == s or name.endswith("." + s) for s in self.skip)
 
 
-def _check(ok: bool, message: str) -> None:
+def require(ok: bool, message: str) -> None:
+    """Raise ValueError(message) unless ``ok``: the validation step of every config dataclass."""
     if not ok:
         raise ValueError(message)

@@ -22,6 +22,8 @@ import dataclasses
 from dataclasses import dataclass
 from typing import Any
 
+from gqsa.config import require
+
 BASELINE_VERSION = 1
 METHODS = ("rtn", "gptq", "sparsegpt", "wanda")
 QUANT_BITS = (2, 3, 4, 8)
@@ -78,23 +80,23 @@ class BaselineConfig:
         object.__setattr__(self, "skip", tuple(self.skip))
         if self.bits is None:
             object.__setattr__(self, "bits", NO_QUANT if self.method in ("sparsegpt", "wanda") else 4)
-        _check(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
+        require(self.method in METHODS, f"method must be one of {METHODS}, got {self.method!r}")
         nm = parse_nm(self.pattern)
         kind = "nm" if nm else self.pattern
         allowed = " or ".join(PATTERNS[self.method])
-        _check(kind in PATTERNS[self.method],
+        require(kind in PATTERNS[self.method],
                f"method {self.method!r} takes pattern {allowed} (nm = N:M), got {self.pattern!r}")
         _check_sparsity(self.pattern, nm, self.sparsity)
-        _check(self.bits in QUANT_BITS or self.bits == NO_QUANT,
+        require(self.bits in QUANT_BITS or self.bits == NO_QUANT,
                f"bits must be one of {QUANT_BITS} or {NO_QUANT} (no quantization), got {self.bits!r}")
-        _check(self.method not in ("rtn", "gptq") or self.bits != NO_QUANT, f"{self.method} needs bits < 16")
-        _check(self.method != "wanda" or self.bits == NO_QUANT, "wanda prunes only: bits must be 16")
-        _check(isinstance(self.group_size, int) and self.group_size > 0,
+        require(self.method not in ("rtn", "gptq") or self.bits != NO_QUANT, f"{self.method} needs bits < 16")
+        require(self.method != "wanda" or self.bits == NO_QUANT, "wanda prunes only: bits must be 16")
+        require(isinstance(self.group_size, int) and self.group_size > 0,
                f"group_size must be a positive int, got {self.group_size!r}")
-        _check(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
-        _check(not self.act_order or self.method == "gptq", "act_order applies to gptq only")
+        require(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
+        require(not self.act_order or self.method == "gptq", "act_order applies to gptq only")
         _check_block(self, nm)
-        _check(self.version == BASELINE_VERSION,
+        require(self.version == BASELINE_VERSION,
                f"baseline config version {self.version} is not supported (knows {BASELINE_VERSION})")
 
     @property
@@ -125,25 +127,21 @@ class BaselineConfig:
 
 def _check_sparsity(pattern: str, nm: tuple[int, int] | None, sparsity: float | None) -> None:
     if pattern == "unstructured":
-        _check(isinstance(sparsity, (int, float)) and 0.0 < sparsity < 1.0,
+        require(isinstance(sparsity, (int, float)) and 0.0 < sparsity < 1.0,
                f"unstructured pattern needs sparsity in (0, 1), got {sparsity!r}")
     elif nm:
-        _check(sparsity is None or abs(sparsity - (1 - nm[0] / nm[1])) < 1e-9,
+        require(sparsity is None or abs(sparsity - (1 - nm[0] / nm[1])) < 1e-9,
                f"pattern {pattern} fixes sparsity at {1 - nm[0] / nm[1]}, got {sparsity!r}")
     else:
-        _check(not sparsity, f"pattern {pattern!r} prunes nothing, got sparsity {sparsity!r}")
+        require(not sparsity, f"pattern {pattern!r} prunes nothing, got sparsity {sparsity!r}")
 
 
 def _check_block(cfg: BaselineConfig, nm: tuple[int, int] | None) -> None:
-    _check(cfg.block_size > 0, f"block_size must be positive, got {cfg.block_size!r}")
+    require(cfg.block_size > 0, f"block_size must be positive, got {cfg.block_size!r}")
     if cfg.method in ("gptq", "sparsegpt") and cfg.quantized:
-        _check(cfg.block_size % cfg.group_size == 0,
+        require(cfg.block_size % cfg.group_size == 0,
                f"block_size {cfg.block_size} must be a multiple of group_size {cfg.group_size} "
                "(a quantization group is fixed inside one lazy block)")
     if nm:
-        _check(cfg.block_size % nm[1] == 0, f"block_size {cfg.block_size} must be a multiple of M = {nm[1]}")
+        require(cfg.block_size % nm[1] == 0, f"block_size {cfg.block_size} must be a multiple of M = {nm[1]}")
 
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)

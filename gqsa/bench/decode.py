@@ -27,6 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from gqsa.bench.synth import random_packed
+from gqsa.bench.timing import event_times
 from gqsa.layer import GQSLinear
 
 LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -103,17 +104,6 @@ class StaticDecoder:
         return self.model.lm_head(m.norm(h[:, -1]))
 
 
-def _events_ms(fn, reps: int) -> float:
-    times = []
-    for _ in range(reps):
-        s, e = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        s.record()
-        fn()
-        e.record()
-        e.synchronize()
-        times.append(s.elapsed_time(e))
-    return statistics.median(times)
-
 
 def time_to_first_token(model, prompt_len: int, new_tokens: int) -> float:
     """Milliseconds for a batch-1 prompt: eager prefill through the static cache + argmax."""
@@ -121,7 +111,7 @@ def time_to_first_token(model, prompt_len: int, new_tokens: int) -> float:
     ids = torch.randint(0, model.config.vocab_size, (1, prompt_len), device="cuda")
     pos = torch.arange(prompt_len, device="cuda")
     dec.forward(ids, pos)  # compile and warm up first
-    return _events_ms(lambda: dec.forward(ids, pos).argmax(-1), 5)
+    return statistics.median(event_times(lambda: dec.forward(ids, pos).argmax(-1), 5)) / 1e3
 
 
 def decode_tokens_per_s(model, batch: int, prompt_len: int, new_tokens: int) -> float:
@@ -148,7 +138,7 @@ def decode_tokens_per_s(model, batch: int, prompt_len: int, new_tokens: int) -> 
     def run():
         for _ in range(new_tokens):
             graph.replay()
-    ms = _events_ms(run, 1)
+    ms = statistics.median(event_times(run, 1)) / 1e3
     assert int(pos.item()) == prompt_len + new_tokens
     return batch * new_tokens / (ms / 1e3)
 

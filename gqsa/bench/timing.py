@@ -24,7 +24,8 @@ def copies_for(nbytes: int, max_copies: int = 64) -> int:
     return max(2, min(max_copies, -(-L2_FLUSH_BYTES // max(1, nbytes))))
 
 
-def _event_time(fn: Callable[[], object], reps: int) -> list[float]:
+def event_times(fn: Callable[[], object], reps: int) -> list[float]:
+    """Microseconds of each of ``reps`` calls of ``fn``, timed with CUDA events."""
     times = []
     for _ in range(reps):
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
@@ -41,7 +42,7 @@ def time_rotating(fns: list[Callable[[], object]], target_us: float = 2000.0, re
     for f in fns:  # compile, autotune, allocate outside the capture
         f()
     torch.cuda.synchronize()
-    est = min(_event_time(lambda: [f() for f in fns], 3)) / len(fns)
+    est = min(event_times(lambda: [f() for f in fns], 3)) / len(fns)
     rounds = max(1, int(target_us / max(est, 1.0) / len(fns)))
     calls = rounds * len(fns)
 
@@ -60,10 +61,10 @@ def time_rotating(fns: list[Callable[[], object]], target_us: float = 2000.0, re
         torch.cuda.current_stream().wait_stream(stream)
         graph.replay()
         torch.cuda.synchronize()
-        return statistics.median(_event_time(graph.replay, reps)) / calls, True
+        return statistics.median(event_times(graph.replay, reps)) / calls, True
     except RuntimeError:
         torch.cuda.synchronize()
-        return statistics.median(_event_time(loop, reps)) / calls, False
+        return statistics.median(event_times(loop, reps)) / calls, False
 
 
 def copy_bandwidth(nbytes: int = 2**30) -> float:
@@ -71,5 +72,5 @@ def copy_bandwidth(nbytes: int = 2**30) -> float:
     src = torch.empty(nbytes, dtype=torch.uint8, device="cuda")
     dst = torch.empty_like(src)
     dst.copy_(src)
-    t = statistics.median(_event_time(lambda: dst.copy_(src), 20)) * 1e-6
+    t = statistics.median(event_times(lambda: dst.copy_(src), 20)) * 1e-6
     return 2 * nbytes / t

@@ -54,6 +54,7 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
+from gqsa.config import require
 from gqsa.format import pack_layer, row_of_groups, unpack_codes
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
@@ -100,25 +101,21 @@ class BQPOConfig:
     seed: int = 0
 
     def __post_init__(self) -> None:
-        _check(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an int >= 1, got {self.epochs!r}")
-        _check(isinstance(self.batch_size, int) and self.batch_size >= 1,
+        require(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an int >= 1, got {self.epochs!r}")
+        require(isinstance(self.batch_size, int) and self.batch_size >= 1,
                f"batch_size must be an int >= 1, got {self.batch_size!r}")
         for name in ("lr_weight", "lr_scale", "lr_zero", "weight_decay", "max_grad_norm"):
             value = getattr(self, name)
-            _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+            require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
                    f"{name} must be a finite number >= 0, got {value!r}")
-        _check(self.lr_weight > 0 or self.lr_scale > 0 or self.lr_zero > 0,
+        require(self.lr_weight > 0 or self.lr_scale > 0 or self.lr_zero > 0,
                "at least one of lr_weight, lr_scale, lr_zero must be > 0 (else there is nothing to train)")
-        _check(isinstance(self.min_lr_factor, (int, float)) and self.min_lr_factor >= 1,
+        require(isinstance(self.min_lr_factor, (int, float)) and self.min_lr_factor >= 1,
                f"min_lr_factor must be >= 1, got {self.min_lr_factor!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 def ste(x: torch.Tensor, fn: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:

@@ -34,6 +34,7 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
+from gqsa.config import require
 from gqsa.layer import GQSLinear
 from gqsa.train.bqpo import as_stored_scale, ste
 
@@ -74,25 +75,21 @@ class E2EConfig:
     def __post_init__(self) -> None:
         for name in ("epochs", "batch_size", "grad_accum"):
             value = getattr(self, name)
-            _check(isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}")
+            require(isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}")
         for name in ("lr", "lr_zero"):
             value = getattr(self, name)
-            _check(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+            require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
                    f"{name} must be a finite number > 0, got {value!r}")
         for name in ("weight_decay", "max_grad_norm"):
             value = getattr(self, name)
-            _check(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+            require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
                    f"{name} must be a finite number >= 0, got {value!r}")
-        _check(isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1,
+        require(isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1,
                f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
 
-
-def _check(ok: bool, message: str) -> None:
-    if not ok:
-        raise ValueError(message)
 
 
 class _StoredScale(nn.Module):
