@@ -72,6 +72,15 @@ def _dense_tile(codes_ptr, scale_ptr, zero_ptr, words_ptr, prefix_ptr, r0, c0, N
     below = word & ((tl.full([L], 1, tl.uint32) << bit) - 1)
     idx = tl.load(prefix_ptr + row * NW + cg // 32, mask=inside, other=0) + _popc32(below).to(tl.int32)
     idx = tl.where(kept, idx, 0)
+    return _dense_from_idx(codes_ptr, scale_ptr, zero_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P, BLOCK_N,
+                           BLOCK_KG)
+
+
+@triton.jit
+def _dense_from_idx(codes_ptr, scale_ptr, zero_ptr, idx, kept, BITS: tl.constexpr, BPG: tl.constexpr,
+                    UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, BLOCK_N: tl.constexpr,
+                    BLOCK_KG: tl.constexpr):
+    """Dequantized tile [BLOCK_N, BLOCK_KG*G] fp32 of lanes (row-major) with CSR index idx; 0 where not kept."""
     q = _load_codes(codes_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P)
     s = tl.load(scale_ptr + idx[:, None, None], mask=kept[:, None, None], other=0.0).to(tl.float32)
     z = tl.load(zero_ptr + idx[:, None, None], mask=kept[:, None, None], other=0).to(tl.float32)

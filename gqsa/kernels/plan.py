@@ -10,8 +10,10 @@ prog_rows         [P, 2] int32        task schedule: program p owns kept groups
                                       [p*T, (p+1)*T) (T = ceil(nnz/P)) and walks rows
                                       prog_rows[p, 0] <= r < prog_rows[p, 1]
 fix_ws            [P+1, 16] float32   partial sums of rows cut by a program boundary
-fix_cnt           [P+1] int32         arrival counters of those rows; both are zero
-                                      between calls (the last arriver resets them)
+fix_cnt           [max(P+1, N/16)]    arrival counters of those rows, and of the
+                  int32               small-batch kernel's output tiles
+                                      (:mod:`gqsa.kernels.smallm`); fix_ws and fix_cnt
+                                      are zero between calls (the last arriver resets)
 mask_words        [N, NW] int32       kept-group bitmask, bit c%32 of word c//32
 mask_prefix       [N, NW] int32       CSR index of the first kept group of each word
 ================  ==================  ===============================================
@@ -104,7 +106,7 @@ def build_plan(packed: PackedGQS, num_programs: int | None = None) -> KernelPlan
     return KernelPlan(
         prog_rows=task_rows(packed.row_ptr, num_programs),
         fix_ws=torch.zeros(num_programs + 1, MAX_BLOCK_B, dtype=torch.float32, device=dev),
-        fix_cnt=torch.zeros(num_programs + 1, dtype=torch.int32, device=dev),
+        fix_cnt=torch.zeros(max(num_programs + 1, -(-packed.out_features // 16)), dtype=torch.int32, device=dev),
         mask_words=words, mask_prefix=prefix, max_row_len=max_len, row_len=row_len)
 
 
@@ -115,3 +117,18 @@ def row_lengths(row_ptr: torch.Tensor) -> tuple[int, int]:
         return 0, 0
     lo, hi = int(counts.min()), int(counts.max())
     return hi, hi if lo == hi else 0
+
+
+def meta_words(packed: PackedGQS) -> torch.Tensor | None:
+    """Column, zero and scale of each kept group in one int32 word, or None when they don't fit.
+
+    Word = fp16 bits of the scale << 16 | zero << (16 - bits) | column: the column needs
+    ``K/G <= 2**(16 - bits)`` (4096 groups at 4 bits, i.e. K <= 65,536 at G = 16) and
+    the zero ``bits`` bits. One 4-byte load replaces three (2 + 2 + 1 bytes).
+    """
+    col_bits = 16 - packed.bits
+    if packed.in_features // packed.group_size > 2**col_bits:
+        return None
+    scale = packed.scales.contiguous().view(torch.int16).to(torch.int32)
+    low = (packed.zeros.to(torch.int32) << col_bits) | packed.col_idx.to(torch.int32)
+    return ((scale << 16) | low).contiguous()

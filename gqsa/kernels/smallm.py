@@ -1,0 +1,199 @@
+"""Small-batch kernel: ``y = x W^T + b`` on the tensor cores for a few activation rows (M = 2..32).
+
+Between batch-1 decode (CUDA cores, :mod:`gqsa.kernels.gemv`) and prefill
+(:mod:`gqsa.kernels.gemm`), a layer still reads every packed byte once but each
+weight now feeds several rows: enough arithmetic that the CUDA-core decode kernel
+becomes issue-bound, too little for the prefill GEMM's long K loop to hide its
+latency. This kernel keeps the tensor-core product of the prefill GEMM (a dense
+[BLOCK_N, BLOCK_KG*G] weight tile rebuilt in registers, pruned groups as zeros, fed to
+``tl.dot``) and removes the two things that made that GEMM slow at small M:
+
+* **No dependent metadata load per K step.** A program loads the kept-group bitmask
+  words and their CSR prefixes of all its rows and its whole K range once, up front
+  (``[BLOCK_N, NWB]`` int32 each, a few registers per thread). Each step then finds its
+  groups' CSR indices from registers (select the word, popcount the bits below), so
+  the only loads inside the loop are the codes, scales and zeros themselves, which do
+  not depend on an earlier load of the same step.
+* **One launch.** K is split over program axis 1 so that enough programs run; each
+  split writes its fp32 partial tile to a scratch buffer, bumps the tile's arrival
+  counter, and the last to arrive sums the partials, adds the bias, casts, stores and
+  re-zeroes the counter (the plan's ``fix_cnt``, zero between calls). No zero-fill or
+  cast kernels around it.
+
+Shapes: x [M, K] fp16/bf16 (M <= BLOCK_M, at most 32), packed tensors as in
+:mod:`gqsa.format`, plan bitmask as in :mod:`gqsa.kernels.plan`, y [M, N] in x's dtype.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+from gqsa.format import PackedGQS
+from gqsa.kernels.gemm import _layout_meta, _num_sms, _popc32
+from gqsa.kernels.gemv import _load_codes
+from gqsa.kernels.plan import KernelPlan
+
+INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
+MAX_M = 32
+
+
+@dataclass(frozen=True)
+class SmallMConfig:
+    """Tile of the small-batch kernel; ``programs_per_sm`` sets the K split."""
+
+    block_n: int = 32
+    block_k: int = 64
+    num_warps: int = 4
+    num_stages: int = 2
+    programs_per_sm: int = 4
+
+
+@triton.jit
+def _step_loads(codes_ptr, scale_ptr, zero_ptr, words, prefix, jw, w_lo, rows_ok, c0, c_hi, NG,
+                BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
+                BLOCK_N: tl.constexpr, BLOCK_KG: tl.constexpr):
+    """Codes [L, W, P], scales [L] and zeros [L] of the step at group column c0 (lanes row-major).
+
+    CSR indices come from the preloaded bitmask words (registers): select the step's
+    word, popcount the bits below each lane's column. Lanes of pruned groups, rows past
+    N and steps at or past c_hi load nothing (codes 0, scale 0).
+    """
+    sel = jw[None, :] == c0 // 32 - w_lo
+    word = tl.sum(tl.where(sel, words, 0), axis=1).to(tl.uint32, bitcast=True)
+    pre = tl.sum(tl.where(sel, prefix, 0), axis=1)
+    cg = c0 + tl.arange(0, BLOCK_KG)
+    bit = (cg % 32).to(tl.uint32)
+    w2 = word[:, None] + tl.zeros([BLOCK_N, BLOCK_KG], dtype=tl.uint32)
+    kept = (((w2 >> bit[None, :]) & 1) != 0) & rows_ok[:, None] & ((cg < NG) & (cg < c_hi))[None, :]
+    below = w2 & ((tl.full([BLOCK_N, BLOCK_KG], 1, tl.uint32) << bit[None, :]) - 1)
+    idx = pre[:, None] + _popc32(below).to(tl.int32)
+    L: tl.constexpr = BLOCK_N * BLOCK_KG
+    idx = tl.reshape(tl.where(kept, idx, 0), [L])
+    kept = tl.reshape(kept, [L])
+    q = _load_codes(codes_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P)
+    s = tl.load(scale_ptr + idx, mask=kept, other=0.0).to(tl.float32)
+    z = tl.load(zero_ptr + idx, mask=kept, other=0).to(tl.float32)
+    return q, s, z
+
+
+@triton.jit
+def _step_dot(acc, q, s, z, x_ptr, stride_xm, ms, M, K, c0, G: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
+              BLOCK_N: tl.constexpr, BLOCK_KG: tl.constexpr, DOT_F32: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] += x[:, c0*G : (c0+BLOCK_KG)*G] @ (dequantized tile)^T."""
+    w = tl.reshape((q.to(tl.float32) - z[:, None, None]) * s[:, None, None], [BLOCK_N, BLOCK_KG * W * P])
+    ks = c0 * G + tl.arange(0, BLOCK_KG * G)
+    xt = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=(ms < M)[:, None] & (ks < K)[None, :],
+                 other=0.0)
+    if DOT_F32:  # the interpreter's bf16 tl.dot is wrong (triton 3.6); fp32 is exact there
+        return acc + tl.dot(xt.to(tl.float32), tl.trans(w))
+    return acc + tl.dot(xt, tl.trans(w.to(xt.dtype)))
+
+
+@triton.jit
+def _smallm_kernel(x_ptr, stride_xm, M, K, codes_ptr, scale_ptr, zero_ptr, words_ptr, prefix_ptr, N, NG, NW,
+                   bias_ptr, y_ptr, stride_ym, ws_ptr, cnt_ptr, CG,
+                   HAS_BIAS: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr,
+                   UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr,
+                   BLOCK_N: tl.constexpr, BLOCK_KG: tl.constexpr, NWB: tl.constexpr, INTERP: tl.constexpr,
+                   SPLIT: tl.constexpr):
+    """Rows [pid0*BLOCK_N, +BLOCK_N) over group columns [pid1*CG, +CG); CG is a multiple of BLOCK_KG.
+
+    Each step's loads are issued one step ahead (software pipelining by hand: the
+    loaded codes are carried to the next iteration), so the codes of step t+1 are in
+    flight while step t dequantizes and multiplies.
+    """
+    pid_n = tl.program_id(0)
+    kz = tl.program_id(1)
+    rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rows_ok = rows < N
+    c_lo = kz * CG
+    c_hi = tl.minimum(c_lo + CG, NG)
+    jw = tl.arange(0, NWB)
+    w_lo = c_lo // 32
+    wm = rows_ok[:, None] & (w_lo + jw < NW)[None, :]
+    woff = rows[:, None] * NW + w_lo + jw[None, :]
+    words = tl.load(words_ptr + woff, mask=wm, other=0)
+    prefix = tl.load(prefix_ptr + woff, mask=wm, other=0)
+    ms = tl.arange(0, BLOCK_M)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    q, s, z = _step_loads(codes_ptr, scale_ptr, zero_ptr, words, prefix, jw, w_lo, rows_ok, c_lo, c_hi, NG,
+                          BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
+    if INTERP:  # the interpreter cannot take a tensor as a range bound
+        c0 = c_lo
+        while c0 < c_hi:
+            q1, s1, z1 = _step_loads(codes_ptr, scale_ptr, zero_ptr, words, prefix, jw, w_lo, rows_ok,
+                                     c0 + BLOCK_KG, c_hi, NG, BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
+            acc = _step_dot(acc, q, s, z, x_ptr, stride_xm, ms, M, K, c0, G, W, P, BLOCK_N, BLOCK_KG, True)
+            q, s, z = q1, s1, z1
+            c0 += BLOCK_KG
+    else:
+        for c0 in range(c_lo, c_hi, BLOCK_KG):
+            q1, s1, z1 = _step_loads(codes_ptr, scale_ptr, zero_ptr, words, prefix, jw, w_lo, rows_ok,
+                                     c0 + BLOCK_KG, c_hi, NG, BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
+            acc = _step_dot(acc, q, s, z, x_ptr, stride_xm, ms, M, K, c0, G, W, P, BLOCK_N, BLOCK_KG, False)
+            q, s, z = q1, s1, z1
+    out_m = (ms < M)[:, None] & rows_ok[None, :]
+    if SPLIT > 1:
+        tile = ms[:, None] * N + rows[None, :]
+        tl.store(ws_ptr + kz * BLOCK_M * N + tile, acc, mask=out_m)
+        tl.debug_barrier()  # every thread's partial is written before the counter says so
+        arrived = tl.atomic_add(cnt_ptr + pid_n, 1)
+        if arrived == SPLIT - 1:  # last split of this tile: reduce, finish, re-arm the counter
+            acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+            for sp in tl.static_range(SPLIT):
+                acc += tl.load(ws_ptr + sp * BLOCK_M * N + tile, mask=out_m, other=0.0, cache_modifier=".cg")
+            tl.store(cnt_ptr + pid_n, 0)
+            _store_tile(acc, ms, rows, rows_ok, out_m, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+    else:
+        _store_tile(acc, ms, rows, rows_ok, out_m, y_ptr, stride_ym, bias_ptr, HAS_BIAS)
+
+
+@triton.jit
+def _store_tile(acc, ms, rows, rows_ok, out_m, y_ptr, stride_ym, bias_ptr, HAS_BIAS: tl.constexpr):
+    """y[ms, rows] = acc (+ bias[rows]) in y's dtype."""
+    if HAS_BIAS:
+        acc += tl.load(bias_ptr + rows, mask=rows_ok, other=0.0).to(tl.float32)[None, :]
+    tl.store(y_ptr + ms[:, None] * stride_ym + rows[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_m)
+
+
+def split_for(n_tiles: int, ng: int, block_kg: int, programs: int) -> tuple[int, int]:
+    """(splits, group columns per split): about ``programs`` programs, each split a whole number of steps."""
+    steps = triton.cdiv(ng, block_kg)
+    split = max(1, min(steps, programs // max(1, n_tiles)))
+    cg = triton.cdiv(steps, split) * block_kg
+    return triton.cdiv(ng, cg), cg
+
+
+def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: KernelPlan,
+               config: SmallMConfig | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
+    """``y = x W^T + b`` for x [M, K] with M <= 32 on the tensor cores; y [M, N] (or into ``out``)."""
+    m, k = x.shape
+    if x.dim() != 2 or k != p.in_features or m > MAX_M:
+        raise ValueError(f"x must be [M <= {MAX_M}, {p.in_features}], got {tuple(x.shape)}")
+    cfg = config or SmallMConfig()
+    x = x.contiguous()
+    n, g = p.out_features, p.group_size
+    ng = k // g
+    block_m = max(16, triton.next_power_of_2(m))
+    block_n = cfg.block_n
+    n_tiles = triton.cdiv(n, block_n)
+    if plan.fix_cnt.numel() < n_tiles:
+        raise ValueError(f"plan.fix_cnt holds {plan.fix_cnt.numel()} counters, {n_tiles} tiles need one each")
+    block_kg = min(32, max(1, cfg.block_k // g))
+    split, cg = split_for(n_tiles, ng, block_kg, cfg.programs_per_sm * _num_sms(x.device))
+    y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
+    if y.shape != (m, n) or y.dtype != x.dtype or not y.is_contiguous():
+        raise ValueError(f"out must be a contiguous [{m}, {n}] {x.dtype} tensor")
+    ws = torch.empty(split if split > 1 else 1, block_m, n, dtype=torch.float32, device=x.device)
+    _smallm_kernel[(n_tiles, split)](
+        x, x.stride(0), m, k, p.codes, p.scales, p.zeros, plan.mask_words, plan.mask_prefix, n, ng,
+        plan.mask_words.shape[1], bias if bias is not None else y, y, y.stride(0), ws, plan.fix_cnt, cg,
+        HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KG=block_kg,
+        NWB=triton.next_power_of_2(triton.cdiv(cg, 32) + 1), INTERP=INTERPRET, SPLIT=split,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_layout_meta(p))
+    return y
