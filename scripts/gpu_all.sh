@@ -2,12 +2,13 @@
 # One device call: GPU kernel tests, kernel benchmark, decode benchmark.
 #
 # Usage (from the repository root, on a CUDA machine):
-#   scripts/gpu_all.sh [full|quick|tune]
-#     (quick and full also time the one-shot/BQPO/E2E-OQP stages: scripts/stages_gpu.py)
+#   scripts/gpu_all.sh [full|quick|tune|stages]
 #     full   tests + kernel bench (all models; beyond LLaMA-2-7B only batch 1/16 at S50)
-#            + decode bench (512-token prompt, 256 new tokens, batch 1 and 8)   ~8 min on an H100
-#     quick  tests + kernel bench on LLaMA-2-7B shapes, batch 1/16 + decode bench with 64 tokens
+#            + decode bench (512-token prompt, 256 new tokens, batch 1 and 8, each variant as a
+#            CUDA graph of the eager step and with torch.compile'd blocks)     ~8 min on an H100
+#     quick  tests + kernel bench on LLaMA-2-7B shapes, batch 1/8/16 + decode bench with 64 tokens
 #     tune   tests + the launch-parameter sweep (gqsa.bench.tune)
+#     stages tests + one-shot/BQPO/E2E-OQP time and memory (scripts/stages_gpu.py)
 # Writes $OUT/run.log, tune.json, kernels.json, kernels.png, decode.json ($OUT defaults to
 # ./bench_out) and prints the summary tables last.
 set -uo pipefail
@@ -37,14 +38,14 @@ case "$MODE" in
   tune)
     step tune 300 python3 -m gqsa.bench.tune --out "$OUT" ;;
   quick)
-    step stages 150 python3 scripts/stages_gpu.py --nsamples 64 --out "$OUT/stages_gpu.json"
-    step kernels 170 python3 -m gqsa.bench.kernels --out "$OUT" --models llama2-7b --batches 1 16
-    step decode 120 python3 -m gqsa.bench.decode --out "$OUT" --tokens 64 ;;
+    step kernels 170 python3 -m gqsa.bench.kernels --out "$OUT" --models llama2-7b --batches 1 8 16
+    step decode 200 python3 -m gqsa.bench.decode --out "$OUT" --tokens 64 ;;
   full)
-    step kernels 320 python3 -m gqsa.bench.kernels --out "$OUT" --trim
-    step decode 130 python3 -m gqsa.bench.decode --out "$OUT"
-    step stages 200 python3 scripts/stages_gpu.py --out "$OUT/stages_gpu.json" ;;
-  *) echo "unknown mode $MODE (full|quick|tune)"; exit 2 ;;
+    step kernels 300 python3 -m gqsa.bench.kernels --out "$OUT" --trim
+    step decode 240 python3 -m gqsa.bench.decode --out "$OUT" ;;
+  stages)
+    step stages 300 python3 scripts/stages_gpu.py --out "$OUT/stages_gpu.json" ;;
+  *) echo "unknown mode $MODE (full|quick|tune|stages)"; exit 2 ;;
 esac
 
 echo; echo "=============== summary ($MODE) ==============="

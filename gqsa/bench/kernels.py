@@ -13,13 +13,17 @@ triton24_int4   the same with 4-bit values, group 128 (:mod:`gqsa.bench.sparse24
 gqsa_S{s}       packed GQS, W4 G16, sparsity s; the dispatch path (:mod:`ops`)
 gqsa_S{s}_rows  decode kernel, rows schedule (batch 1 and 16)
 gqsa_S{s}_tasks decode kernel, tasks schedule (batch 1 and 16)
+gqsa_S{s}_smallm small-batch tensor-core kernel (batch 16)
 gqsa_S{s}_gemm  split-K Triton sparse GEMM (batch 16 and 128)
 gqsa_S{s}_dense dequantize + cuBLAS (batch 128)
 gqsa_S50_layer  dispatch path on layer-balanced rows (llama2-7b only)
 ==============  =================================================================
 
 Bandwidth is the packed bytes (all five tensors) over the time, as a fraction of
-the device-to-device copy bandwidth measured in the same run.
+the device-to-device copy bandwidth measured in the same run. Beside it, every gqsa
+record carries ``floor_us``: the time a kernel that only reads the same number of
+bytes once takes in the same harness (:mod:`gqsa.bench.floor`), the real limit for a
+layer of a few megabytes, where launch and ramp-up cost as much as the stream.
 
 Run: ``python -m gqsa.bench.kernels --out DIR`` (the CLI wires it as ``gqsa bench kernels``).
 """
@@ -36,6 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from gqsa.bench import report
+from gqsa.bench.floor import read_floor_us
 from gqsa.bench.sparse24 import gemv24, pack_24, quantize_24_int4
 from gqsa.bench.synth import random_packed
 from gqsa.bench.timing import copies_for, copy_bandwidth, time_rotating
@@ -44,6 +49,8 @@ from gqsa.kernels import ops
 from gqsa.kernels.gemm import gqs_dense_linear, gqs_gemm
 from gqsa.kernels.gemv import gqs_gemv
 from gqsa.kernels.plan import KernelPlan, build_plan
+from gqsa.kernels.smallm import MAX_M as SMALLM_MAX
+from gqsa.kernels.smallm import gqs_smallm
 
 SHAPES = {  # (N, K) = (out_features, in_features)
     "llama2-7b": [(4096, 4096), (11008, 4096), (4096, 11008)],
@@ -110,6 +117,8 @@ def gqsa_variants(p: PackedGQS, plan: KernelPlan, schedule: str, m: int, detail:
     if m <= DECODE_MAX:
         v["_rows"] = lambda q: (lambda x: gqs_gemv(x, q, None, plan, "rows"))
         v["_tasks"] = lambda q: (lambda x: gqs_gemv(x, q, None, plan, "tasks"))
+    if 1 < m <= SMALLM_MAX:
+        v["_smallm"] = lambda q: (lambda x: gqs_smallm(x, q, None, plan))
     if m > 1:
         v["_gemm"] = lambda q: (lambda x: gqs_gemm(x, q, None, plan, gemm_config(m)))
     if m > DECODE_MAX:
@@ -159,6 +168,7 @@ def bench_gqsa(n: int, k: int, s: float, pattern: str, xs: dict, seed: int, deta
     plan, sched = build_plan(p), choose_schedule(p.row_ptr)
     copies = [p] + [_clone_packed(p) for _ in range(copies_for(p.nbytes()) - 1)]
     name = f"gqsa_S{round(s * 100)}" + ("" if pattern == "uniform" else f"_{pattern}")
+    floor_us = read_floor_us(p.nbytes())[0]
     recs = []
     for m, x in xs.items():
         variants = gqsa_variants(p, plan, sched, m, detail and pattern == "uniform")
@@ -166,7 +176,7 @@ def bench_gqsa(n: int, k: int, s: float, pattern: str, xs: dict, seed: int, deta
             fns = [make(q) for q in copies]
             us, graph = time_rotating([lambda f=f: f(x) for f in fns])
             recs.append(dict(n=n, k=k, m=m, method=name + suffix, us=us, graph=graph, bytes=p.nbytes(), nnz=p.nnz,
-                             schedule=sched))
+                             schedule=sched, floor_us=floor_us))
     del copies, plan, p
     torch.cuda.empty_cache()
     return recs

@@ -7,6 +7,8 @@ Rules (the measurements behind each number are in docs/engine.md):
 * M = x rows <= ``GEMV_MAX_BATCH``: the decode kernel (:mod:`gqsa.kernels.gemv`),
   with the layer's schedule (``rows`` unless rows are extremely skewed, see
   :func:`choose_schedule`);
+* M <= ``SMALLM_MAX_BATCH``: the small-batch tensor-core kernel
+  (:mod:`gqsa.kernels.smallm`);
 * M < ``DENSE_MIN_BATCH``: the split-K Triton sparse GEMM (:mod:`gqsa.kernels.gemm`),
   tile by :func:`gemm_config`;
 * larger M: dequantize to a dense weight, then cuBLAS.
@@ -20,7 +22,9 @@ from gqsa.format import PackedGQS
 from gqsa.kernels.plan import KernelPlan
 from gqsa.kernels.reference import gqs_linear_ref
 
-GEMV_MAX_BATCH = 4  # decode kernel up to here (H100: beats FP16 at 1-2, ties at 4, loses from 8)
+GEMV_MAX_BATCH = 2  # decode kernel up to here (H100, 4096^2 S50: 11.0 us at M=2 vs 15.0 small-batch kernel)
+SMALLM_MAX_BATCH = 32  # small-batch kernel up to here (H100, 4096^2 S50: 15.1 us at M=4 vs 17.6 decode,
+# 22.1 at M=32 vs 28.5 split-K GEMM; docs/engine.md)
 DENSE_MIN_BATCH = 48  # from here dequantize + cuBLAS beats the Triton GEMM (H100, M=64: 26 vs 45 us)
 TASKS_MIN_SKEW = 8.0  # longest/mean row above which to try the task schedule; it lost every H100 case
 # measured (max/mean <= 2 at S50), so this only fires for extreme tails at high sparsity

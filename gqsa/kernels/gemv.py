@@ -124,19 +124,13 @@ def _load_codes(codes_ptr, gidx, ok, BITS: tl.constexpr, BPG: tl.constexpr,
 @triton.jit
 def _step(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr,
           G: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr,
-          W: tl.constexpr, P: tl.constexpr, BLOCK_B: tl.constexpr, META: tl.constexpr):
+          W: tl.constexpr, P: tl.constexpr, BLOCK_B: tl.constexpr):
     """One step: lanes take group ``seg_lo + t + lg`` of their row; returns acc [BLOCK_B, L] updated."""
     gidx = seg_lo + t + lg
     ok = gidx < seg_hi
-    if META:  # one word per group: scale's fp16 bits << 16 | zero << (16 - BITS) | column
-        mw = tl.load(col_ptr + gidx, mask=ok, other=0)
-        col = mw & ((1 << (16 - BITS)) - 1)
-        z = ((mw >> (16 - BITS)) & ((1 << BITS) - 1)).to(tl.float32)
-        s = (mw >> 16).to(tl.int16).to(tl.float16, bitcast=True).to(tl.float32)
-    else:
-        col = tl.load(col_ptr + gidx, mask=ok, other=0).to(tl.int32)
-        s = tl.load(scale_ptr + gidx, mask=ok, other=0.0).to(tl.float32)
-        z = tl.load(zero_ptr + gidx, mask=ok, other=0).to(tl.float32)
+    col = tl.load(col_ptr + gidx, mask=ok, other=0).to(tl.int32)
+    s = tl.load(scale_ptr + gidx, mask=ok, other=0.0).to(tl.float32)
+    z = tl.load(zero_ptr + gidx, mask=ok, other=0).to(tl.float32)
     q = _load_codes(codes_ptr, gidx, ok, BITS, BPG, UNIT_BITS, W, P)
     wq = q.to(tl.float32) - z[:, None, None]
     bidx = tl.arange(0, BLOCK_B)
@@ -153,8 +147,7 @@ def _row_block(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row
                r0, r_end, E0, E1,
                G: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr,
                W: tl.constexpr, P: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr,
-               BLOCK_G: tl.constexpr, WHILE: tl.constexpr, STEPS: tl.constexpr, ROW_LEN: tl.constexpr,
-               META: tl.constexpr):
+               BLOCK_G: tl.constexpr, WHILE: tl.constexpr, STEPS: tl.constexpr, ROW_LEN: tl.constexpr):
     """Partial sums [BLOCK_B, BLOCK_R] of rows r0.. (< r_end) over their groups in [E0, E1).
 
     STEPS > 0 unrolls a fixed number of steps (the layer's longest row), so every
@@ -177,19 +170,19 @@ def _row_block(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row
     if STEPS > 0:
         for i in tl.static_range(STEPS):
             acc = _step(acc, i * BLOCK_G, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr,
-                        zero_ptr, G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, META)
+                        zero_ptr, G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B)
     elif WHILE:  # the interpreter cannot take a tensor as a range bound
         steps = tl.max(seg_hi - seg_lo, axis=0)
         t = 0
         while t < steps:
             acc = _step(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr,
-                        G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, META)
+                        G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B)
             t += BLOCK_G
     else:
         steps = tl.max(seg_hi - seg_lo, axis=0)
         for t in range(0, steps, BLOCK_G):
             acc = _step(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr,
-                        G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, META)
+                        G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B)
     return tl.sum(tl.reshape(acc, [BLOCK_B, BLOCK_R, BLOCK_G]), axis=2)
 
 
@@ -211,12 +204,12 @@ def _gemv_rows_kernel(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_p
                       HAS_BIAS: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr,
                       UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
                       BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
-                      WHILE: tl.constexpr, STEPS: tl.constexpr, ROW_LEN: tl.constexpr, META: tl.constexpr):
+                      WHILE: tl.constexpr, STEPS: tl.constexpr, ROW_LEN: tl.constexpr):
     """Data-centric schedule: program p computes rows [p*BLOCK_R, (p+1)*BLOCK_R)."""
     r0 = tl.program_id(0) * BLOCK_R
     part = _row_block(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row_ptr_ptr,
                       r0, N, 0, nnz, G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, BLOCK_R, BLOCK_G, WHILE, STEPS,
-                      ROW_LEN, META)
+                      ROW_LEN)
     _finish_rows(part, r0 + tl.arange(0, BLOCK_R), N, B, y_ptr, stride_yb, bias_ptr, HAS_BIAS, BLOCK_B)
 
 
@@ -248,7 +241,7 @@ def _gemv_tasks_kernel(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_
                        HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr,
                        BPG: tl.constexpr, UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
-                       WS_STRIDE: tl.constexpr, WHILE: tl.constexpr, META: tl.constexpr):
+                       WS_STRIDE: tl.constexpr, WHILE: tl.constexpr):
     """Task-centric schedule: program p computes kept groups [p*T, (p+1)*T)."""
     pid = tl.program_id(0)
     E0 = tl.minimum(pid * T, nnz)
@@ -260,7 +253,7 @@ def _gemv_tasks_kernel(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_
     while r0 < r_end:  # a data-dependent trip count: the interpreter wants a while loop here too
         part = _row_block(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row_ptr_ptr,
                           r0, r_end, E0, E1, G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, BLOCK_R, BLOCK_G, WHILE,
-                          0, 0, META)
+                          0, 0)
         rows = r0 + tl.arange(0, BLOCK_R)
         if SPLIT_MODE == 1:
             m = (bidx < B)[:, None] & (rows < r_end)[None, :]
@@ -289,12 +282,11 @@ def _check(x: torch.Tensor, p: PackedGQS) -> None:
 
 def gqs_gemv(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None = None, plan: KernelPlan | None = None,
              schedule: str = "rows", split_mode: int = 1, config: GemvConfig | None = None,
-             out: torch.Tensor | None = None, words: torch.Tensor | None = None) -> torch.Tensor:
+             out: torch.Tensor | None = None) -> torch.Tensor:
     """``y = x W^T + b`` with the decode kernel; x [B, K] (any B, run in tiles of 16), y [B, N].
 
     ``schedule="tasks"`` needs ``plan`` (its prog_rows and fix-up slots); ``out`` is an
-    optional contiguous [B, N] output in x's dtype; ``words`` ([nnz] int32 from
-    :func:`gqsa.kernels.plan.meta_words`) replaces the column, scale and zero loads by one.
+    optional contiguous [B, N] output in x's dtype.
     """
     _check(x, p)
     if schedule not in SCHEDULES:
@@ -308,30 +300,30 @@ def gqs_gemv(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None = None, pl
         raise ValueError(f"out must be a contiguous [{x.shape[0]}, {n}] {x.dtype} tensor")
     for b0 in range(0, x.shape[0], MAX_BLOCK_B):
         xb, yb = x[b0:b0 + MAX_BLOCK_B], y[b0:b0 + MAX_BLOCK_B]
-        _launch(xb, yb, p, bias, plan, schedule, split_mode, config, words)
+        _launch(xb, yb, p, bias, plan, schedule, split_mode, config)
     return y
 
 
-def _launch(x, y, p, bias, plan, schedule, split_mode, config, words):
+def _launch(x, y, p, bias, plan, schedule, split_mode, config):
     b, n, nnz = x.shape[0], p.out_features, p.nnz
     block_b = triton.next_power_of_2(b)
     unit, w, pp = code_layout(p.group_size, p.bits)
     cfg = config or default_config(p.group_size, block_b, nnz / max(1, n))
-    consts = dict(HAS_BIAS=bias is not None, G=p.group_size, BITS=p.bits, BPG=p.group_size * p.bits // 8,
+    meta = dict(HAS_BIAS=bias is not None, G=p.group_size, BITS=p.bits, BPG=p.group_size * p.bits // 8,
                 UNIT_BITS=unit, W=w, P=pp, BLOCK_B=block_b, BLOCK_R=cfg.block_r, BLOCK_G=cfg.block_g,
-                WHILE=INTERPRET, META=words is not None, num_warps=cfg.num_warps)
-    args = (x, x.stride(0), b, p.codes, p.col_idx if words is None else words, p.scales, p.zeros, p.row_ptr)
+                WHILE=INTERPRET, num_warps=cfg.num_warps)
+    args = (x, x.stride(0), b, p.codes, p.col_idx, p.scales, p.zeros, p.row_ptr)
     bias_arg = bias if bias is not None else y
     if schedule == "rows":
         grid = (triton.cdiv(n, cfg.block_r),)
         _gemv_rows_kernel[grid](*args, bias_arg, y, y.stride(0), n, nnz,
                                 STEPS=static_steps(plan, nnz, n, cfg.block_g),
-                                ROW_LEN=plan.row_len if plan is not None else 0, **consts)
+                                ROW_LEN=plan.row_len if plan is not None else 0, **meta)
         return
     t = groups_per_program(nnz, plan.num_programs)
     y32 = torch.zeros(y.shape, dtype=torch.float32, device=y.device) if split_mode == 1 else y
     _gemv_tasks_kernel[(plan.num_programs,)](*args, bias_arg, y, y.stride(0), y32, plan.prog_rows,
                                              plan.fix_ws, plan.fix_cnt, nnz, t, SPLIT_MODE=split_mode,
-                                             WS_STRIDE=plan.fix_ws.stride(0), **consts)
+                                             WS_STRIDE=plan.fix_ws.stride(0), **meta)
     if split_mode == 1:
         y.copy_(y32 if bias is None else y32 + bias.float())

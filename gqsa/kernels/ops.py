@@ -44,16 +44,19 @@ def _(x, codes, col_idx, row_ptr, scales, zeros, bias, prog_rows, fix_ws, fix_cn
 
 def run(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: KernelPlan | None,
         schedule: str) -> torch.Tensor:
-    """Route a 2-D x [M, K] to the decode kernel, the Triton GEMM or dequantize + cuBLAS."""
+    """Route a 2-D x [M, K] to the decode, small-batch or GEMM kernel, or dequantize + cuBLAS."""
     from gqsa.kernels import dispatch
     from gqsa.kernels.gemm import gqs_dense_linear, gqs_gemm
     from gqsa.kernels.gemv import gqs_gemv
+    from gqsa.kernels.smallm import gqs_smallm
 
     m = x.shape[0]
     if m <= dispatch.GEMV_MAX_BATCH:
         return gqs_gemv(x, p, bias, plan, schedule if plan is not None else "rows")
     if plan is None:  # no bitmask: build the dense weight with torch ops (slow but correct)
         return torch.nn.functional.linear(x, dequantize(p, x.dtype), bias)
+    if m <= dispatch.SMALLM_MAX_BATCH:
+        return gqs_smallm(x, p, bias, plan)
     if m < dispatch.DENSE_MIN_BATCH:
         return gqs_gemm(x, p, bias, plan, dispatch.gemm_config(m))
     return gqs_dense_linear(x, p, bias, plan)

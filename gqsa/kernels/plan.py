@@ -118,17 +118,3 @@ def row_lengths(row_ptr: torch.Tensor) -> tuple[int, int]:
     lo, hi = int(counts.min()), int(counts.max())
     return hi, hi if lo == hi else 0
 
-
-def meta_words(packed: PackedGQS) -> torch.Tensor | None:
-    """Column, zero and scale of each kept group in one int32 word, or None when they don't fit.
-
-    Word = fp16 bits of the scale << 16 | zero << (16 - bits) | column: the column needs
-    ``K/G <= 2**(16 - bits)`` (4096 groups at 4 bits, i.e. K <= 65,536 at G = 16) and
-    the zero ``bits`` bits. One 4-byte load replaces three (2 + 2 + 1 bytes).
-    """
-    col_bits = 16 - packed.bits
-    if packed.in_features // packed.group_size > 2**col_bits:
-        return None
-    scale = packed.scales.contiguous().view(torch.int16).to(torch.int32)
-    low = (packed.zeros.to(torch.int32) << col_bits) | packed.col_idx.to(torch.int32)
-    return ((scale << 16) | low).contiguous()

@@ -34,8 +34,7 @@ import triton
 import triton.language as tl
 
 from gqsa.format import PackedGQS
-from gqsa.kernels.gemm import _layout_meta, _num_sms, _popc32
-from gqsa.kernels.gemv import _load_codes
+from gqsa.kernels.gemm import _dense_from_idx, _layout_meta, _num_sms, _popc32
 from gqsa.kernels.plan import KernelPlan
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -49,19 +48,16 @@ class SmallMConfig:
     block_n: int = 32
     block_k: int = 64
     num_warps: int = 4
-    num_stages: int = 2
-    programs_per_sm: int = 4
+    num_stages: int = 1
+    programs_per_sm: int = 8
 
 
 @triton.jit
-def _step_loads(codes_ptr, scale_ptr, zero_ptr, words, prefix, jw, w_lo, rows_ok, c0, c_hi, NG,
-                BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
-                BLOCK_N: tl.constexpr, BLOCK_KG: tl.constexpr):
-    """Codes [L, W, P], scales [L] and zeros [L] of the step at group column c0 (lanes row-major).
+def _step_idx(words, prefix, jw, w_lo, rows_ok, c0, NG, BLOCK_N: tl.constexpr, BLOCK_KG: tl.constexpr):
+    """CSR index [L] and kept flag [L] of the lanes (row, c0 + g), row-major, from the preloaded bitmask.
 
-    CSR indices come from the preloaded bitmask words (registers): select the step's
-    word, popcount the bits below each lane's column. Lanes of pruned groups, rows past
-    N and steps at or past c_hi load nothing (codes 0, scale 0).
+    Select the step's word of each row (registers), popcount the bits below each
+    lane's column and add the word's prefix; no memory access.
     """
     sel = jw[None, :] == c0 // 32 - w_lo
     word = tl.sum(tl.where(sel, words, 0), axis=1).to(tl.uint32, bitcast=True)
@@ -69,23 +65,20 @@ def _step_loads(codes_ptr, scale_ptr, zero_ptr, words, prefix, jw, w_lo, rows_ok
     cg = c0 + tl.arange(0, BLOCK_KG)
     bit = (cg % 32).to(tl.uint32)
     w2 = word[:, None] + tl.zeros([BLOCK_N, BLOCK_KG], dtype=tl.uint32)
-    kept = (((w2 >> bit[None, :]) & 1) != 0) & rows_ok[:, None] & ((cg < NG) & (cg < c_hi))[None, :]
+    kept = (((w2 >> bit[None, :]) & 1) != 0) & rows_ok[:, None] & (cg < NG)[None, :]
     below = w2 & ((tl.full([BLOCK_N, BLOCK_KG], 1, tl.uint32) << bit[None, :]) - 1)
     idx = pre[:, None] + _popc32(below).to(tl.int32)
     L: tl.constexpr = BLOCK_N * BLOCK_KG
-    idx = tl.reshape(tl.where(kept, idx, 0), [L])
-    kept = tl.reshape(kept, [L])
-    q = _load_codes(codes_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P)
-    s = tl.load(scale_ptr + idx, mask=kept, other=0.0).to(tl.float32)
-    z = tl.load(zero_ptr + idx, mask=kept, other=0).to(tl.float32)
-    return q, s, z
+    return tl.reshape(tl.where(kept, idx, 0), [L]), tl.reshape(kept, [L])
 
 
 @triton.jit
-def _step_dot(acc, q, s, z, x_ptr, stride_xm, ms, M, K, c0, G: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
-              BLOCK_N: tl.constexpr, BLOCK_KG: tl.constexpr, DOT_F32: tl.constexpr):
+def _step(acc, c0, x_ptr, stride_xm, ms, M, K, codes_ptr, scale_ptr, zero_ptr, words, prefix, jw, w_lo, rows_ok,
+          NG, G: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr, W: tl.constexpr,
+          P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KG: tl.constexpr, DOT_F32: tl.constexpr):
     """acc [BLOCK_M, BLOCK_N] += x[:, c0*G : (c0+BLOCK_KG)*G] @ (dequantized tile)^T."""
-    w = tl.reshape((q.to(tl.float32) - z[:, None, None]) * s[:, None, None], [BLOCK_N, BLOCK_KG * W * P])
+    idx, kept = _step_idx(words, prefix, jw, w_lo, rows_ok, c0, NG, BLOCK_N, BLOCK_KG)
+    w = _dense_from_idx(codes_ptr, scale_ptr, zero_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
     ks = c0 * G + tl.arange(0, BLOCK_KG * G)
     xt = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=(ms < M)[:, None] & (ks < K)[None, :],
                  other=0.0)
@@ -101,12 +94,7 @@ def _smallm_kernel(x_ptr, stride_xm, M, K, codes_ptr, scale_ptr, zero_ptr, words
                    UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_KG: tl.constexpr, NWB: tl.constexpr, INTERP: tl.constexpr,
                    SPLIT: tl.constexpr):
-    """Rows [pid0*BLOCK_N, +BLOCK_N) over group columns [pid1*CG, +CG); CG is a multiple of BLOCK_KG.
-
-    Each step's loads are issued one step ahead (software pipelining by hand: the
-    loaded codes are carried to the next iteration), so the codes of step t+1 are in
-    flight while step t dequantizes and multiplies.
-    """
+    """Rows [pid0*BLOCK_N, +BLOCK_N) over group columns [pid1*CG, +CG); CG is a multiple of BLOCK_KG."""
     pid_n = tl.program_id(0)
     kz = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -121,22 +109,16 @@ def _smallm_kernel(x_ptr, stride_xm, M, K, codes_ptr, scale_ptr, zero_ptr, words
     prefix = tl.load(prefix_ptr + woff, mask=wm, other=0)
     ms = tl.arange(0, BLOCK_M)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
-    q, s, z = _step_loads(codes_ptr, scale_ptr, zero_ptr, words, prefix, jw, w_lo, rows_ok, c_lo, c_hi, NG,
-                          BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
     if INTERP:  # the interpreter cannot take a tensor as a range bound
         c0 = c_lo
         while c0 < c_hi:
-            q1, s1, z1 = _step_loads(codes_ptr, scale_ptr, zero_ptr, words, prefix, jw, w_lo, rows_ok,
-                                     c0 + BLOCK_KG, c_hi, NG, BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
-            acc = _step_dot(acc, q, s, z, x_ptr, stride_xm, ms, M, K, c0, G, W, P, BLOCK_N, BLOCK_KG, True)
-            q, s, z = q1, s1, z1
+            acc = _step(acc, c0, x_ptr, stride_xm, ms, M, K, codes_ptr, scale_ptr, zero_ptr, words, prefix, jw,
+                        w_lo, rows_ok, NG, G, BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG, True)
             c0 += BLOCK_KG
     else:
         for c0 in range(c_lo, c_hi, BLOCK_KG):
-            q1, s1, z1 = _step_loads(codes_ptr, scale_ptr, zero_ptr, words, prefix, jw, w_lo, rows_ok,
-                                     c0 + BLOCK_KG, c_hi, NG, BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
-            acc = _step_dot(acc, q, s, z, x_ptr, stride_xm, ms, M, K, c0, G, W, P, BLOCK_N, BLOCK_KG, False)
-            q, s, z = q1, s1, z1
+            acc = _step(acc, c0, x_ptr, stride_xm, ms, M, K, codes_ptr, scale_ptr, zero_ptr, words, prefix, jw,
+                        w_lo, rows_ok, NG, G, BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG, False)
     out_m = (ms < M)[:, None] & rows_ok[None, :]
     if SPLIT > 1:
         tile = ms[:, None] * N + rows[None, :]
@@ -172,9 +154,9 @@ def split_for(n_tiles: int, ng: int, block_kg: int, programs: int) -> tuple[int,
 def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: KernelPlan,
                config: SmallMConfig | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """``y = x W^T + b`` for x [M, K] with M <= 32 on the tensor cores; y [M, N] (or into ``out``)."""
-    m, k = x.shape
-    if x.dim() != 2 or k != p.in_features or m > MAX_M:
+    if x.dim() != 2 or x.shape[1] != p.in_features or x.shape[0] > MAX_M:
         raise ValueError(f"x must be [M <= {MAX_M}, {p.in_features}], got {tuple(x.shape)}")
+    m, k = x.shape
     cfg = config or SmallMConfig()
     x = x.contiguous()
     n, g = p.out_features, p.group_size

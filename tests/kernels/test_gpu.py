@@ -49,6 +49,29 @@ def test_decode_real_shapes(n, k, dtype, pattern):
     assert plan.fix_cnt.abs().sum().item() == 0 and plan.fix_ws.abs().sum().item() == 0
 
 
+@pytest.mark.parametrize("pattern", ["uniform", "layer"])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("n,k", SHAPES)
+def test_smallm_real_shapes(n, k, dtype, pattern):
+    """Small-batch kernel, batches 2..32, poisoned outputs, called twice (arrival counters re-arm)."""
+    from gqsa.kernels.smallm import gqs_smallm
+    p, plan = _layer(n, k, pattern=pattern)
+    bias = torch.randn(n, device="cuda", dtype=dtype)
+    for m in (2, 3, 8, 16, 32, 8):
+        x = torch.randn(m, k, device="cuda", dtype=dtype)
+        out = torch.full((m, n), float("nan"), device="cuda", dtype=dtype)
+        _check(gqs_smallm(x, p, bias, plan, out=out), x, p, bias)
+    assert plan.fix_cnt.abs().sum().item() == 0
+
+
+@pytest.mark.parametrize("bits,g", [(2, 32), (3, 16), (8, 64), (4, 128)])
+def test_smallm_other_formats(bits, g):
+    from gqsa.kernels.smallm import gqs_smallm
+    p, plan = _layer(4096, 4096, 0.3, "layer", g, bits)
+    x = torch.randn(8, 4096, device="cuda", dtype=torch.float16)
+    _check(gqs_smallm(x, p, None, plan), x, p)
+
+
 @pytest.mark.parametrize("bits,g", [(2, 32), (3, 16), (8, 64), (4, 128)])
 def test_decode_other_formats(bits, g):
     from gqsa.kernels.gemv import gqs_gemv
@@ -95,16 +118,17 @@ def test_torch_compile(dtype):
         assert err <= TOL[dtype], f"compiled vs eager {err:.2e} at batch {m}"
 
 
-def test_cuda_graph_capture():
+@pytest.mark.parametrize("m", [2, 8])  # decode kernel; small-batch kernel (its counters re-arm in the graph)
+def test_cuda_graph_capture(m):
     model = _model(torch.float16)
-    static_x = torch.randn(2, 512, device="cuda", dtype=torch.float16)
+    static_x = torch.randn(m, 512, device="cuda", dtype=torch.float16)
     with torch.no_grad():
         model(static_x)  # compile the kernels before capture
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph):
             static_y = model(static_x)
         for _ in range(3):
-            x = torch.randn(2, 512, device="cuda", dtype=torch.float16)
+            x = torch.randn(m, 512, device="cuda", dtype=torch.float16)
             static_x.copy_(x)
             graph.replay()
             ref = model(x)

@@ -1,0 +1,46 @@
+"""The benchmark tables (gqsa.bench.report, gqsa.bench.decode) from hand-made JSON records."""
+
+from __future__ import annotations
+
+from gqsa.bench.decode import print_decode_table
+from gqsa.bench.report import print_kernel_table, shape_rows
+
+
+def _kernel_result(with_floor: bool = True) -> dict:
+    recs = []
+    for n, k in [(4096, 4096), (11008, 4096), (4096, 11008)]:
+        for m in (1, 8, 16):
+            recs.append(dict(model="llama2-7b", n=n, k=k, m=m, method="fp16", us=20.0 * m ** 0.1))
+            recs.append(dict(model="llama2-7b", n=n, k=k, m=m, method="int4_tinygemm", us=8.0))
+            g = dict(model="llama2-7b", n=n, k=k, m=m, method="gqsa_S50", us=5.0, bytes=6_000_000)
+            if with_floor:
+                g["floor_us"] = 4.0
+            recs.append(g)
+    return dict(device="test", copy_bw=3e12, records=recs)
+
+
+def test_kernel_table_speedups_floor_and_ceiling(capsys):
+    result = _kernel_result()
+    rows = shape_rows(result, "llama2-7b", 1)
+    assert len(rows) == 3 and rows[0]["x_fp16"] == 4.0 and rows[0]["floor"] == 4.0
+    print_kernel_table(result)
+    out = capsys.readouterr().out
+    assert "   80%" in out  # floor 4.0 us / gqsa 5.0 us
+    assert "target batch  1 gqsa S50 vs fp16           >= 4.00x: 4.00x MET" in out
+    assert "ceiling: FP16 time / read floor of gqsa's bytes = 5.00x" in out
+
+
+def test_kernel_table_reads_records_without_a_floor(capsys):
+    print_kernel_table(_kernel_result(with_floor=False))
+    out = capsys.readouterr().out
+    assert "ceiling" in out and "nan" in out
+
+
+def test_decode_table_names_the_best_mode(capsys):
+    base = dict(ttft_ms=20.0, peak_gb=16.0, weights_gb=13.0)
+    result = dict(device="test", config=dict(prompt=512, tokens=64), records=[
+        dict(variant="fp16", tok_s_b1=100.0, best_b1="compile", **base),
+        dict(variant="gqsa_S50", tok_s_b1=250.0, best_b1="graph", **base)])
+    print_decode_table(result)
+    out = capsys.readouterr().out
+    assert "2.50x,   graph" in out and "1.00x, compile" in out
