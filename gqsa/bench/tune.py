@@ -27,8 +27,10 @@ from gqsa.kernels.plan import build_plan
 from gqsa.kernels.reference import gqs_linear_ref
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
-GEMV_CONFIGS = {  # (block_r, block_g, num_warps) per batch tile; 1 to 4 kept groups per thread and step
-    1: [(1, 128, 4), (2, 64, 4), (2, 64, 2), (4, 64, 4), (4, 32, 2), (2, 128, 4), (8, 64, 4), (1, 128, 2)],
+GEMV_CONFIGS = {  # (block_r, block_g, num_warps[, evict]) per batch tile; 1 to 4 kept groups per thread and step
+    1: [(1, 128, 4), (2, 64, 4), (2, 64, 2), (4, 64, 4), (4, 32, 2), (2, 128, 4), (8, 64, 4), (1, 128, 2),
+        (4, 32, 4), (8, 16, 4), (8, 32, 8), (1, 128, 4, True), (2, 64, 4, True), (4, 32, 4, True)],
+    2: [(2, 64, 4), (1, 64, 2), (2, 32, 2), (4, 32, 4), (1, 64, 2, True), (2, 64, 4, True)],
     4: [(2, 32, 4), (2, 64, 4), (1, 64, 2)],
     8: [(1, 64, 4), (2, 32, 4), (1, 32, 2)],
     16: [(1, 32, 4), (1, 64, 8), (1, 16, 2)],
@@ -63,10 +65,10 @@ def sweep_rows(n: int, k: int, pattern: str, m: int) -> list[dict]:
     base = dict(n=n, k=k, pattern=pattern, m=m, bytes=p.nbytes(), sweep="rows")
     recs = [dict(base, kind="rows_noplan", cfg="default",
                  us=_timed(lambda q: lambda x: gqs_gemv(x, q, None, None, "rows"), copies, x, p))]
-    for r, g, w in GEMV_CONFIGS[m]:
-        cfg = GemvConfig(r, g, w)
+    for c in GEMV_CONFIGS[m]:
+        cfg = GemvConfig(*c)
         us = _timed(lambda q: lambda x: gqs_gemv(x, q, None, plan, "rows", config=cfg), copies, x, p)
-        recs.append(dict(base, kind="rows", cfg=f"r{r}g{g}w{w}", us=us))
+        recs.append(dict(base, kind="rows", cfg="r{}g{}w{}".format(*c) + ("e" if cfg.evict else ""), us=us))
     return recs
 
 
@@ -142,6 +144,8 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--patterns", nargs="*", default=["uniform", "layer"])
     ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--decode-only", action="store_true",
+                    help="only the rows-schedule tiles at batch 1 and 2 on every shape and pattern")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
@@ -152,8 +156,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
             json.dump(recs, f)
     for n, k in SHAPES:
         for pattern in args.patterns:
-            recs += sweep_rows(n, k, pattern, 1)
+            for m in (1, 2) if args.decode_only else (1,):
+                recs += sweep_rows(n, k, pattern, m)
         save()
+    if args.decode_only:
+        summarize(recs)
+        return recs
     for m in (4, 8, 16):
         recs += sweep_rows(11008, 4096, "uniform", m)
     for pattern in ("uniform", "heavy"):

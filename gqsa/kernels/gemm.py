@@ -81,7 +81,7 @@ def _dense_from_idx(codes_ptr, scale_ptr, zero_ptr, idx, kept, BITS: tl.constexp
                     UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, BLOCK_N: tl.constexpr,
                     BLOCK_KG: tl.constexpr):
     """Dequantized tile [BLOCK_N, BLOCK_KG*G] fp32 of lanes (row-major) with CSR index idx; 0 where not kept."""
-    q = _load_codes(codes_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P)
+    q = _load_codes(codes_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P, "")
     s = tl.load(scale_ptr + idx[:, None, None], mask=kept[:, None, None], other=0.0).to(tl.float32)
     z = tl.load(zero_ptr + idx[:, None, None], mask=kept[:, None, None], other=0).to(tl.float32)
     w = (q.to(tl.float32) - z) * s

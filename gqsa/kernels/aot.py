@@ -1,0 +1,117 @@
+"""Compile every Triton kernel of gqsa for an H100 (sm_90) on a machine without a GPU.
+
+The CPU test suite runs the kernels through Triton's interpreter, which executes their
+Python semantics but never lowers them; code the interpreter accepts can still fail
+in Triton's compiler on the GPU (a nested jit function's constexpr default argument
+did, once). This builds each kernel down to a cubin with the ptxas that ships in
+Triton's wheel, at the constants the wrappers use, so CI catches such errors too.
+
+Run: ``python -m gqsa.kernels.aot`` (prints one line per kernel variant). It must not
+run under ``TRITON_INTERPRET=1``: the interpreter replaces the kernels it compiles.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import time
+from typing import Callable
+
+CAPABILITY = 90  # H100
+
+
+def compile_kernel(fn, pointers: dict[str, str], consts: dict, num_warps: int = 4, num_stages: int = 3):
+    """Compile the jit function ``fn`` for sm_90: ``pointers`` name -> Triton pointer type
+    (other runtime arguments are i32), ``consts`` name -> constexpr value."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+    names = fn.arg_names
+    sig = {n: "constexpr" if n in consts else pointers.get(n, "i32") for n in names}
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    return triton.compile(src, target=GPUTarget("cuda", CAPABILITY, 32),
+                          options=dict(num_warps=num_warps, num_stages=num_stages))
+
+
+def _layout(g: int, bits: int) -> dict:
+    from gqsa.kernels.gemv import code_layout
+    unit, w, p = code_layout(g, bits)
+    return dict(G=g, BITS=bits, BPG=g * bits // 8, UNIT_BITS=unit, W=w, P=p)
+
+
+FORMATS = [(16, 4), (8, 3), (128, 2), (32, 8)]
+PACKED = dict(codes_ptr="*u8", col_ptr="*i16", scale_ptr="*fp16", zero_ptr="*u8", row_ptr_ptr="*i32",
+              words_ptr="*i32", prefix_ptr="*i32", cnt_ptr="*i32", ws_ptr="*fp32", y32_ptr="*fp32",
+              prog_rows_ptr="*i32")
+
+
+def _act(dtype: str) -> dict:
+    return dict(x_ptr=f"*{dtype}", bias_ptr=f"*{dtype}", y_ptr=f"*{dtype}", out_ptr=f"*{dtype}", **PACKED)
+
+
+def variants() -> list[tuple[str, Callable[[], object]]]:
+    """(name, compile thunk) for each kernel at the constants its wrapper launches with."""
+    from gqsa.bench.floor import _read_kernel
+    from gqsa.bench.sparse24 import _gemv24_kernel
+    from gqsa.kernels.gemm import _dequant_kernel, _gemm_kernel
+    from gqsa.kernels.gemv import _gemv_rows_kernel, _gemv_tasks_kernel, default_config
+    from gqsa.kernels.smallm import _smallm_kernel
+    out = []
+    for i, (g, bits) in enumerate(FORMATS):
+        dt = ("fp16", "bf16")[i % 2]
+        lay = _layout(g, bits)
+        block_b = (1, 4, 2, 16)[i]
+        cfg = default_config(g, block_b, 64.0)
+        rows = dict(HAS_BIAS=i % 2 == 0, BLOCK_B=block_b, BLOCK_R=cfg.block_r, BLOCK_G=cfg.block_g, WHILE=False,
+                    STEPS=(2, 0, 0, 4)[i], ROW_LEN=(128, 0, 0, 0)[i], W_POLICY=("", "evict_first")[i % 2],
+                    X_POLICY=("", "evict_last")[i % 2], **lay)
+        out.append((f"gemv rows G{g} b{bits} {dt}", lambda rows=rows, dt=dt:
+                    compile_kernel(_gemv_rows_kernel, _act(dt), rows)))
+        tasks = dict(HAS_BIAS=True, SPLIT_MODE=i % 2, BLOCK_B=1, BLOCK_R=cfg.block_r, BLOCK_G=cfg.block_g,
+                     WS_STRIDE=16, WHILE=False,
+                     **lay)
+        out.append((f"gemv tasks G{g} b{bits} {dt}", lambda tasks=tasks, dt=dt:
+                    compile_kernel(_gemv_tasks_kernel, _act(dt), tasks)))
+        small = dict(HAS_BIAS=i % 2 == 1, BLOCK_M=(16, 32)[i % 2], BLOCK_N=32, BLOCK_KG=max(1, 64 // g), NWB=4,
+                     INTERP=False, SPLIT=(8, 1, 3, 2)[i], **lay)
+        out.append((f"smallm G{g} b{bits} {dt}", lambda small=small, dt=dt:
+                    compile_kernel(_smallm_kernel, _act(dt), small, num_stages=1)))
+        gemm = dict(HAS_BIAS=True, SPLIT=i % 2 == 0, BLOCK_M=16, BLOCK_N=64, BLOCK_KG=max(1, 64 // g),
+                    INTERP=False, **lay)
+        out.append((f"gemm G{g} b{bits} {dt}", lambda gemm=gemm, dt=dt: compile_kernel(_gemm_kernel, _act(dt), gemm)))
+        deq = dict(BLOCK_N=32, BLOCK_KG=max(1, 128 // g), **lay)
+        out.append((f"dequant G{g} b{bits} {dt}", lambda deq=deq, dt=dt:
+                    compile_kernel(_dequant_kernel, _act(dt), deq)))
+    out.append(("read floor", lambda: compile_kernel(_read_kernel, dict(src_ptr="*i32", out_ptr="*i32"),
+                                                     dict(BLOCK=2048))))
+    for int4 in (False, True):
+        ptrs = dict(x_ptr="*fp16", vals_ptr="*fp16", vq_ptr="*i32", meta_ptr="*i32", s_ptr="*fp32",
+                    z_ptr="*fp32", y_ptr="*fp16")
+        out.append((f"sparse24 int4={int4}", lambda ptrs=ptrs, int4=int4: compile_kernel(
+            _gemv24_kernel, ptrs, dict(K=4096, INT4=int4, BLOCK_B=1, BLOCK_N=4, BLOCK_W=8))))
+    return out
+
+
+def main() -> int:
+    if os.environ.get("TRITON_INTERPRET") == "1":
+        print("gqsa.kernels.aot: unset TRITON_INTERPRET (the interpreter does not compile)", file=sys.stderr)
+        return 2
+    failed = 0
+    for name, build in variants():
+        t0 = time.time()
+        try:
+            build()
+            print(f"ok    {name} ({time.time() - t0:.1f} s)", flush=True)
+        except Exception as e:  # report every failing kernel, not just the first
+            failed += 1
+            cause = e
+            while cause.__cause__ is not None:
+                cause = cause.__cause__
+            print(f"FAIL  {name}: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''} "
+                  f"<- {type(cause).__name__}: {cause}", flush=True)
+    print(f"{failed} of {len(variants())} kernel variants failed to compile for sm_{CAPABILITY}")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
