@@ -75,18 +75,21 @@ def code_layout(group_size: int, bits: int) -> tuple[int, int, int]:
     return unit, group_size * bits // unit, unit // bits
 
 
-def default_config(group_size: int, block_b: int, row_len: float, uniform: bool = False) -> GemvConfig:
-    """Launch parameters for G, the batch tile, the mean kept groups per row and whether
-    every row keeps the same number (``uniform``, known from the plan).
+def default_config(group_size: int, block_b: int, row_len: float, uniform: bool = False,
+                   n_rows: int = 0) -> GemvConfig:
+    """Launch parameters for G, the batch tile, the mean kept groups per row, whether every
+    row keeps the same number (``uniform``, known from the plan) and the layer's rows.
 
     Measured on an H100 (docs/engine.md §5.5, S50 W4 G16): at batch 1-2, 128 lanes (kept
-    groups) per step and 4 warps; uneven rows take 64 lanes per row when rows hold <= 128
-    groups, else 128; uniform rows take 32 lanes per row (4 rows per program), 5-13 %
-    faster on the LLaMA-2-7B shapes, but up to 30 % slower on uneven rows.
+    groups) per step and 4 warps; 64 lanes per row when rows hold <= 128 groups, else 128.
+    Uniform rows of <= 256 groups in layers of >= 2048 rows take 32 lanes per row (4 rows
+    per program): 3-27 % faster there (e.g. 4096x4096 6.2 -> 5.9 us, 13824x5120 22.0 ->
+    16.2), but slower on longer rows (8192x28672 43 -> 47), on few rows (1024x8192: too
+    few programs, 4.3 -> 5.9) and on uneven rows (up to 30 %).
     """
     weights = 2048 if block_b <= 2 else 1024 if block_b <= 8 else 512
     lanes = max(8, weights // group_size)
-    if uniform and block_b <= 2 and lanes >= 64:
+    if uniform and block_b <= 2 and lanes >= 64 and row_len <= 256 and n_rows >= 16 * lanes:
         return GemvConfig(block_r=lanes // 32, block_g=32, num_warps=4)
     block_g = max(4, min(lanes, triton.next_power_of_2(max(1, int(row_len)))))
     if block_g == lanes and row_len <= lanes and lanes >= 16:
@@ -319,7 +322,7 @@ def _launch(x, y, p, bias, plan, schedule, split_mode, config):
     block_b = triton.next_power_of_2(b)
     unit, w, pp = code_layout(p.group_size, p.bits)
     uniform = plan is not None and plan.row_len > 0
-    cfg = config or default_config(p.group_size, block_b, nnz / max(1, n), uniform)
+    cfg = config or default_config(p.group_size, block_b, nnz / max(1, n), uniform, n)
     meta = dict(HAS_BIAS=bias is not None, G=p.group_size, BITS=p.bits, BPG=p.group_size * p.bits // 8,
                 UNIT_BITS=unit, W=w, P=pp, BLOCK_B=block_b, BLOCK_R=cfg.block_r, BLOCK_G=cfg.block_g,
                 WHILE=INTERPRET, num_warps=cfg.num_warps)

@@ -148,3 +148,27 @@ def test_sparse24_baseline(int4):
     ref = x.float() @ dense.T
     err = ((y.float().cpu() - ref).norm() / ref.norm()).item()
     assert err <= 2e-3, f"relative error {err:.2e}"
+
+
+def test_default_tile_rules():
+    """The measured tile rules: 4 rows x 32 lanes only for uniform rows of <= 256 groups in big layers."""
+    from gqsa.kernels.gemv import GemvConfig, default_config
+    assert default_config(16, 1, 128.0, uniform=True, n_rows=4096) == GemvConfig(4, 32, 4)
+    assert default_config(16, 1, 128.0, uniform=False, n_rows=4096) == GemvConfig(2, 64, 4)
+    assert default_config(16, 1, 256.0, uniform=True, n_rows=1024) == GemvConfig(1, 128, 4)
+    assert default_config(16, 1, 344.0, uniform=True, n_rows=4096) == GemvConfig(1, 128, 4)
+    assert default_config(16, 16, 128.0, uniform=True, n_rows=4096).block_g < 32
+
+
+def test_decode_four_rows_per_program():
+    """The uniform-row tile (4 rows x 32 lanes, unrolled, no row pointers) on rows of 20 groups."""
+    from gqsa.bench.synth import random_packed
+    from gqsa.kernels.gemv import GemvConfig
+    p = random_packed(45, 640, 16, 4, 0.5, "uniform", DEVICE, seed=4)
+    plan = build_plan(p, num_programs=5)
+    assert plan.row_len == 20
+    gen = torch.Generator().manual_seed(6)
+    for m in (1, 2):
+        x = torch.randn(m, 640, generator=gen).half().to(DEVICE)
+        y = gqs_gemv(x, p, None, plan, "rows", config=GemvConfig(4, 32, 4), out=poisoned(m, 45, torch.float16))
+        check(y, x, p, None)
