@@ -30,7 +30,7 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log, never abort 
 }
 
 { date -u; nvidia-smi -L; python3 -c "import torch, triton, transformers; print('torch', torch.__version__,
-'triton', triton.__version__, 'transformers', transformers.__version__)"; git log -1 --format='commit %H' 2>/dev/null
+'triton', triton.__version__, 'transformers', transformers.__version__)"; echo 'code: the working tree this call carried (name its commit in docs)'
 } 2>&1 | tee -a "$LOG"
 
 step tests 110 python3 -m pytest tests/kernels -q -rs -p no:cacheprovider -n 8

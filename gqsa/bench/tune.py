@@ -25,6 +25,7 @@ from gqsa.kernels.gemm import GemmConfig, gqs_dense_linear, gqs_gemm
 from gqsa.kernels.gemv import GemvConfig, gqs_gemv
 from gqsa.kernels.plan import build_plan
 from gqsa.kernels.reference import gqs_linear_ref
+from gqsa.kernels.smallm import SmallMConfig, gqs_smallm
 
 SHAPES = [(4096, 4096), (11008, 4096), (4096, 11008)]
 GEMV_CONFIGS = {  # (block_r, block_g, num_warps[, evict]) per batch tile; 1 to 4 kept groups per thread and step
@@ -114,6 +115,26 @@ def sweep_small_m(n: int, k: int) -> list[dict]:
     return recs
 
 
+SMALLM_SHAPES = [(4096, 4096), (11008, 4096), (14336, 4096), (4096, 14336), (8192, 8192), (28672, 8192)]
+
+
+def sweep_smallm(n: int, k: int, m: int) -> list[dict]:
+    """Small-batch kernel at batch m over the cap on group columns per program, FP16 beside."""
+    p = random_packed(n, k, 16, 4, 0.5, "uniform", DEVICE, 0)
+    plan, copies = build_plan(p), _copies(p)
+    w = torch.randn(n, k, device=DEVICE, dtype=torch.float16) * 0.02
+    ws = [w] + [w.clone() for _ in range(copies_for(w.numel() * 2) - 1)]
+    x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
+    base = dict(n=n, k=k, m=m, sweep="smallm")
+    recs = [dict(base, kind="fp16", us=time_rotating([lambda w=w: F.linear(x, w) for w in ws])[0])]
+    for cap in (32, 64, 128, 0):
+        cfg = SmallMConfig(max_groups=cap)
+        us = _timed(lambda q: lambda x: gqs_smallm(x, q, None, plan, cfg), copies, x, p)
+        recs.append(dict(base, kind="smallm", cfg=f"cap{cap}", us=us))
+    print(" ".join(f"{r.get('cfg', r['kind'])}={r['us']:.1f}" for r in recs), base, flush=True)
+    return recs
+
+
 def summarize(recs: list[dict]) -> None:
     """Print the best config per case, the schedule sweep and the small-M crossover."""
     print("\n== decode rows schedule (S50 W4 G16), microseconds ==")
@@ -144,12 +165,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
     ap.add_argument("--out", default="bench_out")
     ap.add_argument("--patterns", nargs="*", default=["uniform", "layer"])
     ap.add_argument("--no-prefill", action="store_true")
+    ap.add_argument("--smallm", action="store_true",
+                    help="only the small-batch kernel's cap on group columns per program, batch 8 and 16")
     ap.add_argument("--decode-only", action="store_true",
                     help="only the rows-schedule tiles at batch 1 and 2 on every shape and pattern")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     recs = []
+    if args.smallm:
+        for n, k in SMALLM_SHAPES:
+            for m in (8, 16):
+                recs += sweep_smallm(n, k, m)
+        with open(os.path.join(args.out, "tune_smallm.json"), "w") as f:
+            json.dump(recs, f)
+        return recs
 
     def save():
         with open(os.path.join(args.out, "tune.json"), "w") as f:

@@ -72,7 +72,7 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
                      **lay)
         out.append((f"gemv tasks G{g} b{bits} {dt}", lambda tasks=tasks, dt=dt:
                     compile_kernel(_gemv_tasks_kernel, _act(dt), tasks)))
-        small = dict(HAS_BIAS=i % 2 == 1, BLOCK_M=(16, 32)[i % 2], BLOCK_N=32, BLOCK_KG=max(1, 64 // g), NWB=4,
+        small = dict(HAS_BIAS=i % 2 == 1, BLOCK_M=(16, 32)[i % 2], BLOCK_N=32, BLOCK_KG=max(1, 64 // g), NWB=2,
                      INTERP=False, SPLIT=(8, 1, 3, 2)[i], **lay)
         out.append((f"smallm G{g} b{bits} {dt}", lambda small=small, dt=dt:
                     compile_kernel(_smallm_kernel, _act(dt), small, num_stages=1)))

@@ -43,13 +43,17 @@ MAX_M = 32
 
 @dataclass(frozen=True)
 class SmallMConfig:
-    """Tile of the small-batch kernel; ``programs_per_sm`` sets the K split."""
+    """Tile of the small-batch kernel. K is split so that about ``programs_per_sm`` programs
+    run per multiprocessor, and further so that no program walks more than ``max_groups``
+    group columns (a multiple of 32; 0: no cap): long K loops measured slow (H100,
+    docs/engine.md §5.2)."""
 
     block_n: int = 32
     block_k: int = 64
     num_warps: int = 4
     num_stages: int = 1
     programs_per_sm: int = 8
+    max_groups: int = 64
 
 
 @triton.jit
@@ -94,7 +98,7 @@ def _smallm_kernel(x_ptr, stride_xm, M, K, codes_ptr, scale_ptr, zero_ptr, words
                    UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_KG: tl.constexpr, NWB: tl.constexpr, INTERP: tl.constexpr,
                    SPLIT: tl.constexpr):
-    """Rows [pid0*BLOCK_N, +BLOCK_N) over group columns [pid1*CG, +CG); CG is a multiple of BLOCK_KG."""
+    """Rows [pid0*BLOCK_N, +BLOCK_N) over group columns [pid1*CG, +CG); CG is a multiple of 32."""
     pid_n = tl.program_id(0)
     kz = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -143,11 +147,14 @@ def _store_tile(acc, ms, rows, rows_ok, out_m, y_ptr, stride_ym, bias_ptr, HAS_B
     tl.store(y_ptr + ms[:, None] * stride_ym + rows[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_m)
 
 
-def split_for(n_tiles: int, ng: int, block_kg: int, programs: int) -> tuple[int, int]:
-    """(splits, group columns per split): about ``programs`` programs, each split a whole number of steps."""
-    steps = triton.cdiv(ng, block_kg)
-    split = max(1, min(steps, programs // max(1, n_tiles)))
-    cg = triton.cdiv(steps, split) * block_kg
+def split_for(n_tiles: int, ng: int, programs: int, max_groups: int = 0) -> tuple[int, int]:
+    """(splits, group columns per split): about ``programs`` programs, each split a whole number
+    of 32-group bitmask words and at most ``max_groups`` columns (0: no cap)."""
+    words = triton.cdiv(ng, 32)
+    split = max(1, min(words, programs // max(1, n_tiles)))
+    cg = triton.cdiv(words, split) * 32
+    if max_groups:
+        cg = min(cg, max_groups)
     return triton.cdiv(ng, cg), cg
 
 
@@ -167,7 +174,9 @@ def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: K
     if plan.fix_cnt.numel() < n_tiles:
         raise ValueError(f"plan.fix_cnt holds {plan.fix_cnt.numel()} counters, {n_tiles} tiles need one each")
     block_kg = min(32, max(1, cfg.block_k // g))
-    split, cg = split_for(n_tiles, ng, block_kg, cfg.programs_per_sm * _num_sms(x.device))
+    if cfg.max_groups % 32:
+        raise ValueError(f"max_groups must be a multiple of 32, got {cfg.max_groups}")
+    split, cg = split_for(n_tiles, ng, cfg.programs_per_sm * _num_sms(x.device), cfg.max_groups)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     if y.shape != (m, n) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out must be a contiguous [{m}, {n}] {x.dtype} tensor")
@@ -176,6 +185,6 @@ def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: K
         x, x.stride(0), m, k, p.codes, p.scales, p.zeros, plan.mask_words, plan.mask_prefix, n, ng,
         plan.mask_words.shape[1], bias if bias is not None else y, y, y.stride(0), ws, plan.fix_cnt, cg,
         HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KG=block_kg,
-        NWB=triton.next_power_of_2(triton.cdiv(cg, 32) + 1), INTERP=INTERPRET, SPLIT=split,
+        NWB=triton.next_power_of_2(cg // 32), INTERP=INTERPRET, SPLIT=split,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_layout_meta(p))
     return y

@@ -18,8 +18,8 @@ from gqsa.kernels.smallm import SmallMConfig, gqs_smallm, split_for  # noqa: E40
 from tests.kernels.cases import CASES, DEVICE, NEEDS_BACKEND, check, poisoned, random_layer  # noqa: E402
 
 BATCHES = (2, 3, 5, 16, 17, 32)
-CONFIGS = (SmallMConfig(), SmallMConfig(block_n=16, block_k=128, programs_per_sm=1),
-           SmallMConfig(block_n=64, block_k=32, programs_per_sm=64))
+CONFIGS = (SmallMConfig(), SmallMConfig(block_n=16, block_k=128, programs_per_sm=1, max_groups=0),
+           SmallMConfig(block_n=64, block_k=32, programs_per_sm=64, max_groups=32))
 
 pytestmark = NEEDS_BACKEND
 
@@ -45,7 +45,7 @@ def test_smallm_split_counters_rearm():
     p = random_layer(n=50, ng=70, g=8, bits=4, gen=gen, keep_p=0.3, empty_rows=(0, 7), full_rows=(1, 49))
     plan = build_plan(p, num_programs=3)
     cfg = SmallMConfig(block_n=16, block_k=32, programs_per_sm=64)
-    assert split_for(4, 70, 4, 64 * 8)[0] > 4  # the case below does split K several ways
+    assert split_for(4, 70, 64 * 8) == (3, 32)  # the case below splits K three ways
     for _ in range(3):
         x = torch.randn(7, p.in_features, generator=gen).half().to(DEVICE)
         check(gqs_smallm(x, p, None, plan, cfg, out=poisoned(7, 50, torch.float16)), x, p, None)
@@ -75,3 +75,5 @@ def test_smallm_bad_arguments_raise():
         gqs_smallm(torch.randn(2, 31).half().to(DEVICE), p, None, plan)
     with pytest.raises(ValueError, match="out must be"):
         gqs_smallm(torch.randn(2, 32).half().to(DEVICE), p, None, plan, out=torch.empty(2, 9).half().to(DEVICE))
+    with pytest.raises(ValueError, match="multiple of 32"):
+        gqs_smallm(torch.randn(2, 32).half().to(DEVICE), p, None, plan, SmallMConfig(max_groups=48))
