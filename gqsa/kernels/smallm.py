@@ -53,7 +53,7 @@ class SmallMConfig:
     num_warps: int = 4
     num_stages: int = 1
     programs_per_sm: int = 8
-    max_groups: int = 64
+    max_groups: int = 32
 
 
 @triton.jit
