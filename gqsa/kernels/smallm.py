@@ -1,4 +1,4 @@
-"""Small-batch kernel: ``y = x W^T + b`` on the tensor cores for a few activation rows (M = 2..32).
+"""Small-batch kernel: ``y = x W^T + b`` on the tensor cores for a few activation rows (M <= 32).
 
 Between batch-1 decode (CUDA cores, :mod:`gqsa.kernels.gemv`) and prefill
 (:mod:`gqsa.kernels.gemm`), a layer still reads every packed byte once but each
@@ -14,11 +14,17 @@ latency. This kernel keeps the tensor-core product of the prefill GEMM (a dense
   groups' CSR indices from registers (select the word, popcount the bits below), so
   the only loads inside the loop are the codes, scales and zeros themselves, which do
   not depend on an earlier load of the same step.
-* **One launch.** K is split over program axis 1 so that enough programs run; each
+* **One launch.** K is split over program axis 1 so that enough programs run and none
+  walks more than 32 group columns (one bitmask word; longer walks measured slower); each
   split writes its fp32 partial tile to a scratch buffer, bumps the tile's arrival
   counter, and the last to arrive sums the partials, adds the bias, casts, stores and
   re-zeroes the counter (the plan's ``fix_cnt``, zero between calls). No zero-fill or
   cast kernels around it.
+
+Measured on an H100 (docs/engine.md §5.2-5.3, S50 W4 G16): flat at ~15 us on 4096x4096 from
+M = 3 to 16 (split-K GEMM 23-24 us, FP16 cuBLAS 14-17 us), FP16 parity at batch 16 over 15
+layer shapes. Carrying each step's loads one step ahead (software prefetch by hand) made it
+slower (24 us), so the loop is plain. The dispatcher uses it for M = 3..32.
 
 Shapes: x [M, K] fp16/bf16 (M <= BLOCK_M, at most 32), packed tensors as in
 :mod:`gqsa.format`, plan bitmask as in :mod:`gqsa.kernels.plan`, y [M, N] in x's dtype.
@@ -46,7 +52,7 @@ class SmallMConfig:
     """Tile of the small-batch kernel. K is split so that about ``programs_per_sm`` programs
     run per multiprocessor, and further so that no program walks more than ``max_groups``
     group columns (a multiple of 32; 0: no cap): long K loops measured slow (H100,
-    docs/engine.md §5.2)."""
+    docs/engine.md §5.3)."""
 
     block_n: int = 32
     block_k: int = 64
