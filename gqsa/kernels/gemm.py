@@ -96,6 +96,13 @@ def _gemm_step(acc, c0, x_ptr, stride_xm, ms, M, K, codes_ptr, scale_ptr, zero_p
     """acc [BLOCK_M, BLOCK_N] += x[:, c0*G : (c0+BLOCK_KG)*G] @ W tile^T."""
     w = _dense_tile(codes_ptr, scale_ptr, zero_ptr, words_ptr, prefix_ptr, r0, c0, N, NG, NW,
                     BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
+    return _dot_tile(acc, w, x_ptr, stride_xm, ms, M, K, c0, G, BLOCK_KG, DOT_F32)
+
+
+@triton.jit
+def _dot_tile(acc, w, x_ptr, stride_xm, ms, M, K, c0, G: tl.constexpr, BLOCK_KG: tl.constexpr,
+              DOT_F32: tl.constexpr):
+    """acc [BLOCK_M, BLOCK_N] += x[ms, c0*G : (c0+BLOCK_KG)*G] @ w^T for a weight tile w [BLOCK_N, BLOCK_KG*G]."""
     ks = c0 * G + tl.arange(0, BLOCK_KG * G)
     xt = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=(ms < M)[:, None] & (ks < K)[None, :],
                  other=0.0)

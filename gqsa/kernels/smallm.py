@@ -40,7 +40,7 @@ import triton
 import triton.language as tl
 
 from gqsa.format import PackedGQS
-from gqsa.kernels.gemm import _dense_from_idx, _layout_meta, _num_sms, _popc32
+from gqsa.kernels.gemm import _dense_from_idx, _dot_tile, _layout_meta, _num_sms, _popc32
 from gqsa.kernels.plan import KernelPlan
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -89,12 +89,7 @@ def _step(acc, c0, x_ptr, stride_xm, ms, M, K, codes_ptr, scale_ptr, zero_ptr, w
     """acc [BLOCK_M, BLOCK_N] += x[:, c0*G : (c0+BLOCK_KG)*G] @ (dequantized tile)^T."""
     idx, kept = _step_idx(words, prefix, jw, w_lo, rows_ok, c0, NG, BLOCK_N, BLOCK_KG)
     w = _dense_from_idx(codes_ptr, scale_ptr, zero_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
-    ks = c0 * G + tl.arange(0, BLOCK_KG * G)
-    xt = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=(ms < M)[:, None] & (ks < K)[None, :],
-                 other=0.0)
-    if DOT_F32:  # the interpreter's bf16 tl.dot is wrong (triton 3.6); fp32 is exact there
-        return acc + tl.dot(xt.to(tl.float32), tl.trans(w))
-    return acc + tl.dot(xt, tl.trans(w.to(xt.dtype)))
+    return _dot_tile(acc, w, x_ptr, stride_xm, ms, M, K, c0, G, BLOCK_KG, DOT_F32)
 
 
 @triton.jit
