@@ -44,3 +44,22 @@ def test_decode_table_names_the_best_mode(capsys):
     print_decode_table(result)
     out = capsys.readouterr().out
     assert "2.50x,   graph" in out and "1.00x, compile" in out
+
+
+def test_formats_table_and_parser(capsys):
+    from gqsa.bench.kernels import parse_formats
+    from gqsa.bench.report import print_formats
+    assert parse_formats(["2:16", "4:128"]) == ((2, 16), (4, 128))
+    for bad in ("5:16", "4:12", "4-16"):
+        try:
+            parse_formats([bad])
+        except SystemExit as e:
+            assert "BITS:G" in str(e)
+        else:
+            raise AssertionError(f"{bad} accepted")
+    result = _kernel_result()
+    result["records"].append(dict(model="llama2-7b", n=4096, k=4096, m=1, method="gqsa_S50_b2g16", us=4.0,
+                                  bytes=4_000_000, floor_us=3.0))
+    print_formats(result)
+    out = capsys.readouterr().out
+    assert "gqsa_S50_b2g16" in out and "4.0 /    3.0" in out

@@ -17,6 +17,7 @@ gqsa_S{s}_smallm small-batch tensor-core kernel (batch 16)
 gqsa_S{s}_gemm  split-K Triton sparse GEMM (batch 16 and 128)
 gqsa_S{s}_dense dequantize + cuBLAS (batch 128)
 gqsa_S50_layer  dispatch path on layer-balanced rows (llama2-7b only)
+gqsa_S50_b{b}g{G} dispatch path for another bit width / group size (``--formats``, S50, uniform)
 ==============  =================================================================
 
 Bandwidth is the packed bytes (all five tensors) over the time, as a fraction of
@@ -131,9 +132,10 @@ def time_method(make: Callable[[], Callable], copies: int, x: torch.Tensor) -> t
     return time_rotating([lambda f=f: f(x) for f in fns])
 
 
-def bench_shape(n: int, k: int, batches, sparsities, seed: int, skip: set[str], detail: bool) -> list[dict]:
+def bench_shape(n: int, k: int, batches, sparsities, seed: int, skip: set[str], detail: bool,
+                formats: tuple[tuple[int, int], ...] = ()) -> list[dict]:
     """All methods on one shape; one record per (method, batch). ``detail`` adds each gqsa kernel
-    and the layer-balanced row pattern at S50."""
+    and the layer-balanced row pattern at S50; ``formats`` ((bits, G) pairs) other formats at S50."""
     recs = []
     xs = {m: torch.randn(m, k, device=DEVICE, dtype=torch.float16) for m in batches}
     xs_bf16 = {m: x.to(torch.bfloat16) for m, x in xs.items()}
@@ -158,16 +160,21 @@ def bench_shape(n: int, k: int, batches, sparsities, seed: int, skip: set[str], 
     cases = [(s, "uniform") for s in sparsities] + ([(0.5, "layer")] if detail and 0.5 in sparsities else [])
     for s, pattern in cases:
         recs += bench_gqsa(n, k, s, pattern, xs, seed, detail)
+    for bits, g in formats:
+        if (bits, g) != (4, 16):
+            recs += bench_gqsa(n, k, 0.5, "uniform", xs, seed, False, bits, g)
     return recs
 
 
-def bench_gqsa(n: int, k: int, s: float, pattern: str, xs: dict, seed: int, detail: bool) -> list[dict]:
-    """gqsa W4 G16 at sparsity s on one shape, every batch of ``xs``."""
+def bench_gqsa(n: int, k: int, s: float, pattern: str, xs: dict, seed: int, detail: bool, bits: int = 4,
+               group_size: int = 16) -> list[dict]:
+    """gqsa (W4 G16 unless told) at sparsity s on one shape, every batch of ``xs``."""
     from gqsa.kernels.dispatch import choose_schedule
-    p = random_packed(n, k, 16, 4, s, pattern, DEVICE, seed)
+    p = random_packed(n, k, group_size, bits, s, pattern, DEVICE, seed)
     plan, sched = build_plan(p), choose_schedule(p.row_ptr)
     copies = [p] + [_clone_packed(p) for _ in range(copies_for(p.nbytes()) - 1)]
     name = f"gqsa_S{round(s * 100)}" + ("" if pattern == "uniform" else f"_{pattern}")
+    name += "" if (bits, group_size) == (4, 16) else f"_b{bits}g{group_size}"
     floor_us = read_floor_us(p.nbytes())[0]
     recs = []
     for m, x in xs.items():
@@ -191,8 +198,22 @@ def parse_args(argv):
     ap.add_argument("--trim", action="store_true",
                     help="models other than llama2-7b: batch 1 and 16, S50, dispatch path only (time-limited runs)")
     ap.add_argument("--skip", nargs="*", default=[], help="baseline names to leave out")
+    ap.add_argument("--formats", nargs="*", default=[], metavar="BITS:G",
+                    help="other formats to time at S50 on llama2-7b (or every model without --trim), "
+                         "e.g. 2:16 3:16 8:16 4:8 4:32 4:64 4:128")
     ap.add_argument("--seed", type=int, default=0)
     return ap.parse_args(argv)
+
+
+def parse_formats(specs: list[str]) -> tuple[tuple[int, int], ...]:
+    """``["2:16", "4:128"]`` -> ((2, 16), (4, 128)); a clear error for anything else."""
+    out = []
+    for spec in specs:
+        bits, _, g = spec.partition(":")
+        if not (bits.isdigit() and g.isdigit()) or int(bits) not in (2, 3, 4, 8) or int(g) not in (8, 16, 32, 64, 128):
+            raise SystemExit(f"--formats takes BITS:G with BITS in 2,3,4,8 and G in 8..128, got {spec!r}")
+        out.append((int(bits), int(g)))
+    return tuple(out)
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -204,17 +225,18 @@ def main(argv: list[str] | None = None) -> dict:
     result = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now().isoformat(timespec="seconds"),
                   torch=torch.__version__, copy_bw=copy_bandwidth(), records=[])
     for model in args.models:
-        batches, sparsities, detail = args.batches, args.sparsities, True
+        batches, sparsities, detail, formats = args.batches, args.sparsities, True, parse_formats(args.formats)
         if args.trim and model != "llama2-7b":
-            batches, sparsities, detail = [b for b in batches if b in (1, 16)], [0.5], False
+            batches, sparsities, detail, formats = [b for b in batches if b in (1, 16)], [0.5], False, ()
         for n, k in SHAPES[model]:
-            recs = bench_shape(n, k, batches, sparsities, args.seed, set(args.skip), detail)
+            recs = bench_shape(n, k, batches, sparsities, args.seed, set(args.skip), detail, formats)
             for r in recs:
                 r["model"] = model
             result["records"] += recs
             with open(os.path.join(args.out, "kernels.json"), "w") as f:  # after each shape: a cut run keeps it
                 json.dump(result, f, indent=1)
             print(f"done {model} {n}x{k}", flush=True)
+    report.print_formats(result)
     report.print_kernel_table(result)
     report.plot_kernels(result, os.path.join(args.out, "kernels.png"))
     return result

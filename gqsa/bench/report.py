@@ -81,6 +81,21 @@ def print_targets(result: dict) -> None:
                   f"these bytes can beat FP16 by more)")
 
 
+def print_formats(result: dict, batches=(1, 16)) -> None:
+    """Other bit widths / group sizes (``--formats`` records) beside W4 G16, S50, with FP16 and the read floor."""
+    t = times(result)
+    recs = [r for r in result["records"] if "us" in r and re.fullmatch(r"gqsa_S50(_b\d+g\d+)?", r["method"])
+            and r["m"] in batches]
+    if not any("_b" in r["method"] for r in recs):
+        return
+    print("\nformats at S50 (uniform rows), microseconds: gqsa / read floor, x FP16")
+    for r in sorted(recs, key=lambda r: (r["n"], r["k"], r["m"], r["method"])):
+        fp = t.get((r["n"], r["k"], r["m"], "fp16"))
+        fl = r.get("floor_us")
+        print(f"{r['n']:>5}x{r['k']:<6} M={r['m']:<3} {r['method']:<18} {r['us']:7.1f} / {_fmt(fl, '6.1f')}  "
+              f"{_fmt(fp / r['us'] if fp else None, '5.2f')}x  {r['bytes'] / 1e6:6.2f} MB")
+
+
 def plot_kernels(result: dict, path: str) -> None:
     """Speedup over fp16 by batch (geomean over shapes) per method; skipped without matplotlib."""
     try:
@@ -137,6 +152,7 @@ def main(argv: list[str] | None = None) -> None:
         with open(path) as f:
             result = json.load(f)
         print_all_shapes(result, 1)
+        print_formats(result)
         print_kernel_table(result)
     path = os.path.join(out, "decode.json")
     if os.path.exists(path):
