@@ -34,6 +34,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--mask", default="static", choices=["adaptive", "static"],
                    help="choose the groups once up front (default), or per column block as the joint update "
                         "proceeds (needs --balance row and --saliency obs)")
+    p.add_argument("--sparsity-ramp", type=float, default=0.0,
+                   help="gqsa: spread the sparsity over depth, from sparsity*(1-r) in the first block to "
+                        "sparsity*(1+r) in the last (same mean); 0 = uniform (default)")
     p.add_argument("--sym", action="store_true", help="symmetric quantization")
     p.add_argument("--no-clip-search", action="store_true", help="plain min-max ranges")
     p.add_argument("--skip", nargs="*", default=["lm_head"], help="module names kept dense")
@@ -145,7 +148,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
         return _compress_baseline(a, device, pick_dtype(a.dtype, device))
     config = GQSAConfig(group_size=a.group_size or 16, sparsity=0.5 if a.sparsity is None else a.sparsity,
                         bits=a.bits or 4, sym=a.sym, balance=a.balance, saliency=a.saliency, skip=tuple(a.skip),
-                        clip_search=not a.no_clip_search, mask=a.mask)
+                        clip_search=not a.no_clip_search, mask=a.mask, sparsity_ramp=a.sparsity_ramp)
     log = compress_folder(a.model, a.out, config, a.calib, a.nsamples, a.seqlen, device,
                           pick_dtype(a.dtype, device), a.seed, a.batch_size, a.overwrite, stages=_stages(a))
     _print_compress_summary(log, a.out)

@@ -42,6 +42,11 @@ class GQSAConfig:
             (SparseGPT's adaptive selection; needs ``balance="row"`` and ``saliency="obs"``).
             Measured on SmolLM2 at W4 S50 it lowered one-shot perplexity (docs/oneshot.md), but
             on synthetic layers it is not reliably better, so it is not the default yet.
+        sparsity_ramp: r in [0, 1]: spread the sparsity over depth, linearly from
+            ``sparsity * (1 - r)`` in the first block to ``sparsity * (1 + r)`` in the last, so
+            the mean over blocks (and, for equal blocks, the model's size) stays ``sparsity``.
+            Early blocks are the most sensitive to group pruning (docs/oneshot.md). 0 (default):
+            every block at ``sparsity``.
     """
 
     group_size: int = 16
@@ -55,6 +60,7 @@ class GQSAConfig:
     block_size: int = 128
     clip_search: bool = True
     mask: str = "static"
+    sparsity_ramp: float = 0.0
     version: int = field(default=CONFIG_VERSION)
 
     def __post_init__(self) -> None:
@@ -70,6 +76,11 @@ class GQSAConfig:
         require(self.mask == "static" or (self.balance == "row" and self.saliency == "obs"),
                f"mask='adaptive' needs balance='row' and saliency='obs' (got balance={self.balance!r}, "
                f"saliency={self.saliency!r}); pass mask='static'")
+        require(isinstance(self.sparsity_ramp, (int, float)) and 0.0 <= self.sparsity_ramp <= 1.0,
+               f"sparsity_ramp must be in [0, 1], got {self.sparsity_ramp!r}")
+        require(self.sparsity * (1 + self.sparsity_ramp) < 1.0,
+               f"sparsity {self.sparsity} with sparsity_ramp {self.sparsity_ramp} would prune every group of "
+               f"the last blocks (sparsity * (1 + ramp) must stay below 1)")
         require(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
         require(self.block_size > 0 and self.block_size % self.group_size == 0,
                f"block_size must be a positive multiple of group_size, got {self.block_size!r}")
@@ -90,6 +101,18 @@ class GQSAConfig:
         unknown = sorted(set(d) - known)
         require(not unknown, f"unknown GQSAConfig keys {unknown}; known keys are {sorted(known)}")
         return cls(**d)
+
+    def block_sparsity(self, index: int, num_blocks: int) -> float:
+        """Sparsity of block ``index`` of ``num_blocks`` under :attr:`sparsity_ramp`."""
+        require(0 <= index < num_blocks, f"block index {index} outside [0, {num_blocks})")
+        if num_blocks == 1 or not self.sparsity_ramp:
+            return float(self.sparsity)
+        t = 2.0 * index / (num_blocks - 1) - 1.0  # -1 at the first block, +1 at the last
+        return float(self.sparsity * (1.0 + self.sparsity_ramp * t))
+
+    def for_block(self, index: int, num_blocks: int) -> "GQSAConfig":
+        """This config with block ``index``'s sparsity and no ramp: what the layer solver sees."""
+        return dataclasses.replace(self, sparsity=self.block_sparsity(index, num_blocks), sparsity_ramp=0.0)
 
     def skips(self, name: str) -> bool:
         """True when module ``name`` stays dense."""

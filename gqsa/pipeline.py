@@ -182,6 +182,13 @@ class _BlockJob:
     dense: bool
     after_block: AfterBlock | None
     checkpoint: BlockStore | None
+    num_blocks: int = 1
+
+    def block_config(self, index: int):
+        """The config block ``index`` is solved with (a GQSA sparsity ramp gives each block its own)."""
+        if isinstance(self.config, GQSAConfig):
+            return self.config.for_block(index, self.num_blocks)
+        return self.config
 
 
 def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: torch.device | str | None = None,
@@ -213,7 +220,7 @@ def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: 
     device = torch.device(device) if device is not None else next(model.parameters()).device
     blocks_name, blocks = find_blocks(model)
     start = _first_block(start_block, checkpoint, fp_targets, len(blocks))
-    job = _BlockJob(config, blocks_name, batch_size, solve, dense, after_block, checkpoint)
+    job = _BlockJob(config, blocks_name, batch_size, solve, dense, after_block, checkpoint, len(blocks))
     home = next(blocks[0].parameters()).device
     _move_outside(model, blocks, device)
     if device.type == "cuda":
@@ -269,7 +276,7 @@ def _compress_next(i: int, block: nn.Module, hidden: torch.Tensor, fp_hidden: to
     # The dense chain must pass the block before it is compressed; on block 0 both chains coincide.
     separate = fp_hidden is not None and fp_hidden is not hidden
     fp_out = run_block(block, fp_hidden, kwargs, job.batch_size) if separate else None
-    stats, dense_out = compress_block(block, hidden, kwargs, job.config, f"{job.blocks_name}.{i}",
+    stats, dense_out = compress_block(block, hidden, kwargs, job.block_config(i), f"{job.blocks_name}.{i}",
                                       job.batch_size, job.solve, job.dense)
     target = dense_out if fp_out is None else fp_out
     del dense_out, fp_out  # one [n, L, d] target alive during the hook, not two

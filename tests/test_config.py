@@ -31,3 +31,24 @@ def test_skips_matches_name_suffixes():
     c = GQSAConfig(skip=("lm_head", "mlp.down_proj"))
     assert c.skips("lm_head") and c.skips("model.layers.0.mlp.down_proj")
     assert not c.skips("model.layers.0.mlp.up_proj")
+
+
+def test_sparsity_ramp_spreads_sparsity_over_depth_with_the_same_mean():
+    c = GQSAConfig(sparsity=0.5, sparsity_ramp=0.6)
+    per_block = [c.block_sparsity(i, 5) for i in range(5)]
+    assert per_block == pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8])
+    assert sum(per_block) / 5 == pytest.approx(0.5)
+    assert c.for_block(0, 5).sparsity == pytest.approx(0.2) and c.for_block(0, 5).sparsity_ramp == 0.0
+    assert GQSAConfig(sparsity=0.5).block_sparsity(3, 5) == 0.5 and c.block_sparsity(0, 1) == 0.5
+    assert GQSAConfig.from_dict(c.to_dict()) == c
+    assert GQSAConfig.from_dict({k: v for k, v in GQSAConfig().to_dict().items() if k != "sparsity_ramp"}) \
+        == GQSAConfig()  # configs saved before the option load unchanged
+
+
+@pytest.mark.parametrize("kwargs, words", [
+    ({"sparsity_ramp": -0.1}, "sparsity_ramp"), ({"sparsity_ramp": 1.5}, "sparsity_ramp"),
+    ({"sparsity": 0.6, "sparsity_ramp": 0.7}, "every group"),
+])
+def test_bad_ramps_raise(kwargs, words):
+    with pytest.raises(ValueError, match=words):
+        GQSAConfig(**kwargs)

@@ -26,6 +26,22 @@ def test_every_block_linear_is_compressed_with_exact_sparsity(family):
     assert isinstance(model.get_output_embeddings(), nn.Linear), "lm_head must stay dense"
 
 
+def test_sparsity_ramp_gives_each_block_its_sparsity():
+    model = tiny_model("llama")
+    cfg = GQSAConfig(sparsity=0.5, sparsity_ramp=0.5)
+    compress(model, cfg, calib_ids(), progress=False)
+    _, blocks = find_blocks(model)
+    assert len(blocks) >= 2
+    kept = []
+    for i, block in enumerate(blocks):
+        for m in (m for m in block.modules() if isinstance(m, GQSLinear)):
+            ng = m.in_features // 16
+            want = ng - round(cfg.block_sparsity(i, len(blocks)) * ng)
+            assert ((m.row_ptr[1:] - m.row_ptr[:-1]) == want).all(), f"block {i}"
+            kept.append(m.nnz / (m.out_features * ng))
+    assert kept[0] > 0.5 > kept[-1]
+
+
 def test_layer_balance_keeps_exact_layer_sparsity_with_uneven_rows():
     model = tiny_model("llama")
     compress(model, GQSAConfig(sparsity=0.5, balance="layer", mask="static"), calib_ids(), progress=False)
