@@ -25,6 +25,16 @@ from gqsa.pipeline import compress
 from gqsa.solver.solve import solve_layer, solve_layer_naive
 
 
+def smollm2_data(nsamples: int, seqlen: int):
+    """(model folder, coqa calibration windows [nsamples, seqlen] (seed 0), boolq eval tokens) of the
+    offline SmolLM2 evaluation shared by the CPU accuracy scripts; sets 2 torch threads."""
+    torch.set_num_threads(2)
+    src = smollm2_path()
+    tok = load_tokenizer(str(src))
+    calib = calibration_windows(tok, load_texts("coqa", "calibration"), nsamples, seqlen, seed=0)
+    return src, calib, eval_tokens(tok, load_texts("boolq"))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--windows", type=int, default=40)
@@ -32,11 +42,7 @@ def main() -> None:
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--out", default="docs/results/oneshot.json")
     a = ap.parse_args()
-    torch.set_num_threads(2)
-    src = smollm2_path()
-    tok = load_tokenizer(str(src))
-    calib = calibration_windows(tok, load_texts("coqa", "calibration"), a.nsamples, a.seqlen, seed=0)
-    tokens = eval_tokens(tok, load_texts("boolq"))
+    src, calib, tokens = smollm2_data(a.nsamples, a.seqlen)
     cpu = torch.device("cpu")
     rows = [{"method": "reference (dequantized Q4_1, fp32)", "bits_per_weight": 16.0,
              "ppl": perplexity(load_model(str(src), cpu, torch.float32), tokens, 1024, max_windows=a.windows)["ppl"]}]

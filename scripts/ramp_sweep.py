@@ -1,7 +1,7 @@
 """Sparsity over depth on SmolLM2-135M-Instruct (CPU): gqsa one-shot W4 G16 at a mean sparsity S,
 with ``sparsity_ramp`` r (block i of B at S * (1 + r * (2i/(B-1) - 1)), the same mean and size).
 
-Usage: python scripts/ramp_sweep.py [--sparsities 0.5 0.2] [--ramps 0 0.5 0.9] [--windows 4]
+Usage: python scripts/ramp_sweep.py [--sparsities 0.5 0.2] [--ramps 0 0.2 0.3 0.4 0.5] [--windows 4]
        [--out docs/results/ramp.json]
 Same data as scripts/oneshot_acceptance.py: coqa calibration (seed 0), boolq perplexity over the
 first windows of 1024 tokens.
@@ -18,29 +18,24 @@ from pathlib import Path
 
 import torch
 
-from gqsa.assets import smollm2_path
 from gqsa.config import GQSAConfig
-from gqsa.data import calibration_windows, eval_tokens, load_texts
 from gqsa.eval.perplexity import perplexity
 from gqsa.info import model_stats
-from gqsa.loading import load_model, load_tokenizer
+from gqsa.loading import load_model
 from gqsa.pipeline import compress
+from oneshot_acceptance import smollm2_data  # scripts/ is on sys.path when run as a script
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--sparsities", nargs="*", type=float, default=[0.5, 0.2])
-    ap.add_argument("--ramps", nargs="*", type=float, default=[0.0, 0.5, 0.9])
+    ap.add_argument("--ramps", nargs="*", type=float, default=[0.0, 0.2, 0.3, 0.4, 0.5])
     ap.add_argument("--windows", type=int, default=4)
     ap.add_argument("--nsamples", type=int, default=16)
     ap.add_argument("--seqlen", type=int, default=512)
     ap.add_argument("--out", default="docs/results/ramp.json")
     a = ap.parse_args()
-    torch.set_num_threads(2)
-    src = smollm2_path()
-    tok = load_tokenizer(str(src))
-    calib = calibration_windows(tok, load_texts("coqa", "calibration"), a.nsamples, a.seqlen, seed=0)
-    tokens = eval_tokens(tok, load_texts("boolq"))
+    src, calib, tokens = smollm2_data(a.nsamples, a.seqlen)
     cpu = torch.device("cpu")
     rows = []
     for sparsity in a.sparsities:
