@@ -54,6 +54,21 @@ def test_bad_settings_are_clear_errors(model_dir, tmp_path, capsys):
     path, text = model_dir
     assert main(["compress", str(path), str(tmp_path / "o"), "--bits", "5", "--calib", str(text)]) == 2
     assert "bits must be one of" in capsys.readouterr().err
+    assert main(["compress", str(path), str(tmp_path / "o"), "--sparsity-ramp", "1.2", "--calib", str(text)]) == 2
+    assert "sparsity_ramp must be in" in capsys.readouterr().err
+
+
+def test_sparsity_ramp_is_saved_and_shapes_the_blocks(model_dir, tmp_path):
+    path, text = model_dir
+    out = tmp_path / "ramp"
+    assert main(["compress", str(path), str(out), "--calib", str(text), "--nsamples", "2", "--seqlen", "16",
+                 "--sparsity-ramp", "0.4", "--device", "cpu"]) == 0
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["sparsity_ramp"] == 0.4
+    layers = json.loads((out / "gqsa_log.json").read_text())["layers"]
+    first, last = layers[0], layers[-1]
+    assert ".0." in first["name"] and ".0." not in last["name"]
+    assert first["sparsity"] < 0.5 < last["sparsity"]
 
 
 def test_baseline_method_saves_a_dense_folder_that_loads(model_dir, tmp_path):
