@@ -81,7 +81,8 @@ def evaluate(model, tokens, a, results: dict, name: str) -> None:
 
 def sparsity_stages(dense, tokenizer, tokens, a, sparsity: float, results: dict) -> None:
     """One-shot, +BQPO, +BQPO+E2E at one sparsity; fills ``results``."""
-    config = GQSAConfig(group_size=a.group_size, sparsity=sparsity, bits=a.bits, sparsity_ramp=a.sparsity_ramp)
+    config = GQSAConfig(group_size=a.group_size, sparsity=sparsity, bits=a.bits, sparsity_ramp=a.sparsity_ramp,
+                        mask=a.mask)
     calib = calibration_windows(tokenizer, load_texts(a.calib, "calibration"), a.nsamples, a.seqlen, a.seed)
     train = calibration_windows(tokenizer, load_texts(a.calib, "calibration"), a.e2e_windows, a.seqlen, a.seed + 1)
     bqpo = BQPOConfig(epochs=a.bqpo_epochs, batch_size=a.bqpo_batch, lr_weight=a.bqpo_lr_weight,
@@ -129,6 +130,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sparsity", type=float, action="append", help="repeatable; default 0.5")
     p.add_argument("--bits", type=int, default=4)
     p.add_argument("--sparsity-ramp", type=float, default=0.0, help="GQSAConfig.sparsity_ramp (0: uniform)")
+    p.add_argument("--mask", default="static", choices=["static", "adaptive"], help="GQSAConfig.mask")
     p.add_argument("--group-size", type=int, default=16)
     p.add_argument("--calib", default="coqa")
     p.add_argument("--eval-text", default="boolq")
