@@ -1,12 +1,16 @@
 """Keep-masks from per-weight scores: N:M, per row, or over a whole block of columns.
 
 All take scores [R, C] (higher = more important) and return a bool keep-mask of the same
-shape that prunes an exact number of entries (ties broken by ``topk``).
+shape that prunes an exact number of entries (ties broken by ``topk``). Per row and per
+block are the solver's group selection (:func:`gqsa.solver.saliency.select_groups`) applied
+to single weights.
 """
 
 from __future__ import annotations
 
 import torch
+
+from gqsa.solver.saliency import select_groups
 
 
 def nm_keep(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
@@ -22,16 +26,10 @@ def nm_keep(scores: torch.Tensor, n: int, m: int) -> torch.Tensor:
 
 def row_keep(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune round(sparsity * C) lowest scores in every row (Wanda's per-output comparison group)."""
-    r, c = scores.shape
-    keep = torch.zeros_like(scores, dtype=torch.bool)
-    keep.scatter_(1, torch.topk(scores, c - int(round(sparsity * c)), dim=1).indices, True)
-    return keep
+    return select_groups(scores, sparsity, "row")
 
 
 def block_keep(scores: torch.Tensor, sparsity: float) -> torch.Tensor:
     """Prune round(sparsity * R * C) lowest scores of the whole block, wherever they are
     (SparseGPT's adaptive mask selection over a block of columns, sec. 3.3)."""
-    flat = scores.flatten()
-    keep = torch.zeros_like(flat, dtype=torch.bool)
-    keep[torch.topk(flat, flat.numel() - int(round(sparsity * flat.numel()))).indices] = True
-    return keep.reshape(scores.shape)
+    return select_groups(scores, sparsity, "layer")
