@@ -80,7 +80,8 @@ class StaticDecoder:
         dtype = model.model.embed_tokens.weight.dtype
         self.cache = [(torch.zeros(shape, dtype=dtype, device="cuda"), torch.zeros(shape, dtype=dtype, device="cuda"))
                       for _ in model.model.layers]
-        pos = torch.arange(max_len, device="cuda")[None]
+        self.slots = torch.arange(max_len, device="cuda")  # cache positions, for the causal mask
+        pos = self.slots[None]
         probe = torch.zeros(1, dtype=dtype, device="cuda")
         self.cos, self.sin = model.model.rotary_emb(probe, pos)
 
@@ -90,7 +91,7 @@ class StaticDecoder:
         m = self.model.model
         h = m.embed_tokens(ids)
         cos, sin = self.cos[:, pos], self.sin[:, pos]
-        mask = (pos[:, None] >= torch.arange(self.max_len, device="cuda")[None, :])[None, None]
+        mask = (pos[:, None] >= self.slots[None, :])[None, None]
         block = self.block if ids.shape[1] == 1 else decoder_block
         for layer, (kc, vc) in zip(m.layers, self.cache):
             h = block(layer, h, cos, sin, mask, kc, vc, pos)

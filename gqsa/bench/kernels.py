@@ -72,6 +72,13 @@ def _clone_packed(p: PackedGQS) -> PackedGQS:
                      p.out_features, p.in_features, p.group_size, p.bits)
 
 
+def layer_copies(p: PackedGQS) -> list[tuple[PackedGQS, KernelPlan]]:
+    """Enough copies of a packed layer to miss the L2, each with its own kernel plan (its bitmask
+    is read by the small-batch and prefill kernels, so a shared plan would be served from L2)."""
+    copies = [p] + [_clone_packed(p) for _ in range(copies_for(p.nbytes()) - 1)]
+    return [(q, build_plan(q)) for q in copies]
+
+
 def baseline_weights(n: int, k: int, seed: int) -> dict[str, Callable[[], tuple[int, Callable]]]:
     """Builders of each baseline: () -> (bytes of one weight copy, make() -> fn(x) over a fresh copy).
 
@@ -109,21 +116,22 @@ def baseline_weights(n: int, k: int, seed: int) -> dict[str, Callable[[], tuple[
             "triton24_fp16": lambda: t24(False), "triton24_int4": lambda: t24(True)}
 
 
-def gqsa_variants(p: PackedGQS, plan: KernelPlan, schedule: str, m: int, detail: bool) -> dict[str, Callable]:
-    """Per-copy closures over one packed layer: the dispatch path, and with ``detail`` each kernel."""
-    v = {"": lambda q: (lambda x: ops.call(x, q, None, plan, schedule))}
+def gqsa_variants(schedule: str, m: int, detail: bool) -> dict[str, Callable]:
+    """Makers ``(packed, plan) -> fn(x)`` for one layer copy: the dispatch path, and with
+    ``detail`` each kernel."""
+    v = {"": lambda q, pl: (lambda x: ops.call(x, q, None, pl, schedule))}
     if not detail or m not in DETAIL_BATCHES:
         return v
     from gqsa.kernels.dispatch import gemm_config
     if m <= DECODE_MAX:
-        v["_rows"] = lambda q: (lambda x: gqs_gemv(x, q, None, plan, "rows"))
-        v["_tasks"] = lambda q: (lambda x: gqs_gemv(x, q, None, plan, "tasks"))
+        v["_rows"] = lambda q, pl: (lambda x: gqs_gemv(x, q, None, pl, "rows"))
+        v["_tasks"] = lambda q, pl: (lambda x: gqs_gemv(x, q, None, pl, "tasks"))
     if 1 < m <= SMALLM_MAX:
-        v["_smallm"] = lambda q: (lambda x: gqs_smallm(x, q, None, plan))
+        v["_smallm"] = lambda q, pl: (lambda x: gqs_smallm(x, q, None, pl))
     if m > 1:
-        v["_gemm"] = lambda q: (lambda x: gqs_gemm(x, q, None, plan, gemm_config(m)))
+        v["_gemm"] = lambda q, pl: (lambda x: gqs_gemm(x, q, None, pl, gemm_config(m)))
     if m > DECODE_MAX:
-        v["_dense"] = lambda q: (lambda x: gqs_dense_linear(x, q, None, plan))
+        v["_dense"] = lambda q, pl: (lambda x: gqs_dense_linear(x, q, None, pl))
     return v
 
 
@@ -171,20 +179,20 @@ def bench_gqsa(n: int, k: int, s: float, pattern: str, xs: dict, seed: int, deta
     """gqsa (W4 G16 unless told) at sparsity s on one shape, every batch of ``xs``."""
     from gqsa.kernels.dispatch import choose_schedule
     p = random_packed(n, k, group_size, bits, s, pattern, DEVICE, seed)
-    plan, sched = build_plan(p), choose_schedule(p.row_ptr)
-    copies = [p] + [_clone_packed(p) for _ in range(copies_for(p.nbytes()) - 1)]
+    sched = choose_schedule(p.row_ptr)
+    copies = layer_copies(p)
     name = f"gqsa_S{round(s * 100)}" + ("" if pattern == "uniform" else f"_{pattern}")
     name += "" if (bits, group_size) == (4, 16) else f"_b{bits}g{group_size}"
     floor_us = read_floor_us(p.nbytes())[0]
     recs = []
     for m, x in xs.items():
-        variants = gqsa_variants(p, plan, sched, m, detail and pattern == "uniform")
+        variants = gqsa_variants(sched, m, detail and pattern == "uniform")
         for suffix, make in variants.items():
-            fns = [make(q) for q in copies]
+            fns = [make(q, pl) for q, pl in copies]
             us, graph = time_rotating([lambda f=f: f(x) for f in fns])
             recs.append(dict(n=n, k=k, m=m, method=name + suffix, us=us, graph=graph, bytes=p.nbytes(), nnz=p.nnz,
                              schedule=sched, floor_us=floor_us))
-    del copies, plan, p
+    del copies, p
     torch.cuda.empty_cache()
     return recs
 

@@ -19,6 +19,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
+from gqsa.bench.kernels import layer_copies
 from gqsa.bench.synth import random_packed
 from gqsa.bench.timing import copies_for, time_rotating
 from gqsa.kernels.gemm import GemmConfig, gqs_dense_linear, gqs_gemm
@@ -42,33 +43,36 @@ SMALL_M = (2, 4, 8, 16, 32, 64, 128)
 DEVICE = "cuda"
 
 
-def _timed(fns_of_copy, copies, x, p) -> float:
-    """Check one call against the reference, then time the rotation; microseconds."""
-    y = fns_of_copy(copies[0])(x)
+def _timed(make, copies, x, p) -> float:
+    """Check one call against the reference, then time the rotation over ``copies`` ((packed, plan)
+    pairs, :func:`gqsa.bench.kernels.layer_copies`); ``make(packed, plan) -> fn(x)``; microseconds."""
+    y = make(*copies[0])(x)
     ref = gqs_linear_ref(x.float(), p)
     err = ((y.float() - ref).norm() / ref.norm()).item()
     if not err <= 1e-2:
         raise AssertionError(f"variant off the reference: relative error {err:.2e}")
-    fns = [fns_of_copy(q) for q in copies]
+    fns = [make(q, pl) for q, pl in copies]
     return time_rotating([lambda f=f: f(x) for f in fns])[0]
 
 
-def _copies(p):
-    from gqsa.bench.kernels import _clone_packed
-    return [p] + [_clone_packed(p) for _ in range(copies_for(p.nbytes()) - 1)]
+def _fp16_us(n: int, k: int, x: torch.Tensor) -> float:
+    """FP16 cuBLAS time for x [M, K] against rotated [n, k] weights; microseconds."""
+    w = torch.randn(n, k, device=DEVICE, dtype=torch.float16) * 0.02
+    ws = [w] + [w.clone() for _ in range(copies_for(w.numel() * 2) - 1)]
+    return time_rotating([lambda w=w: F.linear(x, w) for w in ws])[0]
 
 
 def sweep_rows(n: int, k: int, pattern: str, m: int) -> list[dict]:
     """Rows schedule over tile configs (with the plan's unrolled steps), and once without a plan."""
     p = random_packed(n, k, 16, 4, 0.5, pattern, DEVICE, 0)
-    plan, copies = build_plan(p), _copies(p)
+    copies = layer_copies(p)
     x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
     base = dict(n=n, k=k, pattern=pattern, m=m, bytes=p.nbytes(), sweep="rows")
     recs = [dict(base, kind="rows_noplan", cfg="default",
-                 us=_timed(lambda q: lambda x: gqs_gemv(x, q, None, None, "rows"), copies, x, p))]
+                 us=_timed(lambda q, pl: lambda x: gqs_gemv(x, q, None, None, "rows"), copies, x, p))]
     for c in GEMV_CONFIGS[m]:
         cfg = GemvConfig(*c)
-        us = _timed(lambda q: lambda x: gqs_gemv(x, q, None, plan, "rows", config=cfg), copies, x, p)
+        us = _timed(lambda q, pl: lambda x: gqs_gemv(x, q, None, pl, "rows", config=cfg), copies, x, p)
         recs.append(dict(base, kind="rows", cfg="r{}g{}w{}".format(*c) + ("e" if cfg.evict else ""), us=us))
     return recs
 
@@ -76,14 +80,14 @@ def sweep_rows(n: int, k: int, pattern: str, m: int) -> list[dict]:
 def sweep_tasks(n: int, k: int, pattern: str, sms: int) -> list[dict]:
     """Tasks schedule at batch 1: programs per SM and the two ways to combine cut rows."""
     p = random_packed(n, k, 16, 4, 0.5, pattern, DEVICE, 0)
-    copies = _copies(p)
+    copies = layer_copies(p)
     x = torch.randn(1, k, device=DEVICE, dtype=torch.float16)
     base = dict(n=n, k=k, pattern=pattern, m=1, bytes=p.nbytes(), sweep="tasks")
     recs = []
     for pp in PROGRAMS_PER_SM:
-        plan = build_plan(p, pp * sms)
+        per_sm = [(q, build_plan(q, pp * sms)) for q, _ in copies]
         for split in (0, 1):
-            us = _timed(lambda q: lambda x: gqs_gemv(x, q, None, plan, "tasks", split), copies, x, p)
+            us = _timed(lambda q, pl: lambda x: gqs_gemv(x, q, None, pl, "tasks", split), per_sm, x, p)
             recs.append(dict(base, kind=f"tasks_p{pp}_split{split}", cfg="default", us=us))
     return recs
 
@@ -91,23 +95,21 @@ def sweep_tasks(n: int, k: int, pattern: str, sms: int) -> list[dict]:
 def sweep_small_m(n: int, k: int) -> list[dict]:
     """Decode kernel vs split-K tensor-core GEMM vs dequantize + cuBLAS vs FP16 over small M."""
     p = random_packed(n, k, 16, 4, 0.5, "uniform", DEVICE, 0)
-    plan, copies = build_plan(p), _copies(p)
-    w = torch.randn(n, k, device=DEVICE, dtype=torch.float16) * 0.02
-    ws = [w] + [w.clone() for _ in range(copies_for(w.numel() * 2) - 1)]
+    copies = layer_copies(p)
     recs = []
     for m in SMALL_M:
         x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
         base = dict(n=n, k=k, m=m, sweep="small_m")
-        recs.append(dict(base, kind="fp16", us=time_rotating([lambda w=w: F.linear(x, w) for w in ws])[0]))
+        recs.append(dict(base, kind="fp16", us=_fp16_us(n, k, x)))
         if m <= 32:
-            us = _timed(lambda q: lambda x: gqs_gemv(x, q, None, plan), copies, x, p)
+            us = _timed(lambda q, pl: lambda x: gqs_gemv(x, q, None, pl), copies, x, p)
             recs.append(dict(base, kind="gemv", us=us))
-        recs.append(dict(base, kind="dense", us=_timed(lambda q: lambda x: gqs_dense_linear(x, q, None, plan),
+        recs.append(dict(base, kind="dense", us=_timed(lambda q, pl: lambda x: gqs_dense_linear(x, q, None, pl),
                                                      copies, x, p)))
         for c in GEMM_CONFIGS:
             cfg = GemmConfig(*c)
             try:
-                us = _timed(lambda q: lambda x: gqs_gemm(x, q, None, plan, cfg), copies, x, p)
+                us = _timed(lambda q, pl: lambda x: gqs_gemm(x, q, None, pl, cfg), copies, x, p)
             except triton.runtime.errors.OutOfResources as e:  # a tile too big for this chip: record it
                 print(f"gemm {c}: {e}")
                 us = float("inf")
@@ -121,15 +123,13 @@ SMALLM_SHAPES = [(4096, 4096), (11008, 4096), (14336, 4096), (4096, 14336), (819
 def sweep_smallm(n: int, k: int, m: int) -> list[dict]:
     """Small-batch kernel at batch m over the cap on group columns per program, FP16 beside."""
     p = random_packed(n, k, 16, 4, 0.5, "uniform", DEVICE, 0)
-    plan, copies = build_plan(p), _copies(p)
-    w = torch.randn(n, k, device=DEVICE, dtype=torch.float16) * 0.02
-    ws = [w] + [w.clone() for _ in range(copies_for(w.numel() * 2) - 1)]
+    copies = layer_copies(p)
     x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
     base = dict(n=n, k=k, m=m, sweep="smallm")
-    recs = [dict(base, kind="fp16", us=time_rotating([lambda w=w: F.linear(x, w) for w in ws])[0])]
+    recs = [dict(base, kind="fp16", us=_fp16_us(n, k, x))]
     for cap in (32, 64, 128, 0):
         cfg = SmallMConfig(max_groups=cap)
-        us = _timed(lambda q: lambda x: gqs_smallm(x, q, None, plan, cfg), copies, x, p)
+        us = _timed(lambda q, pl: lambda x: gqs_smallm(x, q, None, pl, cfg), copies, x, p)
         recs.append(dict(base, kind="smallm", cfg=f"cap{cap}", us=us))
     print(" ".join(f"{r.get('cfg', r['kind'])}={r['us']:.1f}" for r in recs), base, flush=True)
     return recs

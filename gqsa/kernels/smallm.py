@@ -181,7 +181,7 @@ def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: K
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     if y.shape != (m, n) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out must be a contiguous [{m}, {n}] {x.dtype} tensor")
-    ws = torch.empty(split if split > 1 else 1, block_m, n, dtype=torch.float32, device=x.device)
+    ws = torch.empty(split, block_m, n, dtype=torch.float32, device=x.device) if split > 1 else y  # unused at 1
     _smallm_kernel[(n_tiles, split)](
         x, x.stride(0), m, k, p.codes, p.scales, p.zeros, plan.mask_words, plan.mask_prefix, n, ng,
         plan.mask_words.shape[1], bias if bias is not None else y, y, y.stride(0), ws, plan.fix_cnt, cg,
