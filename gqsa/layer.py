@@ -66,6 +66,22 @@ class GQSLinear(nn.Module):
     def nnz(self) -> int:
         return int(self.col_idx.numel())
 
+    def _apply(self, fn, recurse: bool = True):
+        """``.to(dtype)``, ``.half()``, ``.cuda()`` ... move the packed fp16 scales but never cast
+        them: the format stores them as float16, and a cast to bfloat16 would lose precision
+        (the bias follows the model's dtype as usual). Trainable scales (E2E-OQP's
+        parametrization) are not a buffer and are left to the default."""
+        scales = self._buffers.get("scales")
+        if scales is None:
+            return super()._apply(fn, recurse)
+        del self._buffers["scales"]
+        try:
+            super()._apply(fn, recurse)
+        finally:
+            device = fn(scales[:0]).device  # where fn sends tensors; its dtype change is ignored
+            self._buffers["scales"] = scales.to(device)
+        return self
+
     def packed(self) -> PackedGQS:
         """The layer's tensors as a :class:`PackedGQS` (no copies)."""
         return PackedGQS(self.codes, self.col_idx, self.row_ptr, self.scales, self.zeros,

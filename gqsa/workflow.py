@@ -84,7 +84,7 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
            "original_bytes": folder_bytes(source) if Path(source).is_dir() else None,
            "layers": report.layers}
     t = time.perf_counter()
-    model.to(_source_dtype(source, dtype))  # dense parts back to the checkpoint's dtype; packed tensors keep theirs
+    model.to(_source_dtype(source, dtype))  # dense parts back to the checkpoint's dtype; GQSLinear keeps fp16 scales
     save_compressed(model, out, config, source=source, overwrite=overwrite, log={**log, "times": times},
                     stages={k: (v.get("config") if isinstance(v, dict) and "config" in v else True)
                             for k, v in stage_log.items()})

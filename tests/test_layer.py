@@ -34,3 +34,16 @@ def test_state_dict_holds_exactly_the_packed_tensors():
     empty.load_state_dict(layer.state_dict())
     x = torch.randn(2, 64)
     assert torch.equal(empty(x), layer(x))
+
+
+def test_dtype_casts_move_but_never_cast_the_packed_scales():
+    """``model.to(torch.bfloat16)`` must not round the format's float16 scales (the bias follows)."""
+    from gqsa.layer import GQSLinear
+    layer = GQSLinear(32, 8, 4, bias=True)
+    layer.scales.copy_(torch.tensor([1.0009765625, 0.3, 2.5, 7.1], dtype=torch.float16))
+    before = layer.scales.clone()
+    for cast in (lambda m: m.to(torch.bfloat16), lambda m: m.float(), lambda m: m.half()):
+        cast(layer)
+        assert layer.scales.dtype == torch.float16 and torch.equal(layer.scales, before)
+    assert layer.to(torch.bfloat16).bias.dtype == torch.bfloat16
+    assert layer.to("meta").scales.device.type == "meta"
