@@ -25,7 +25,6 @@ import math
 from torch import nn
 
 from gqsa.baselines.config import BaselineConfig
-from gqsa.layer import GQSLinear
 
 SCALE_BITS = 16
 BITS_CONVENTION = ("per weight of the compressed linears: values + fp16 scale and b-bit zero per group "
@@ -54,9 +53,10 @@ def baseline_bits_per_weight(cfg: BaselineConfig, shapes: list[tuple[int, int]])
 
 
 def gqsa_bits_per_weight(model: nn.Module) -> float:
-    """Bits per weight over the model's GQSLinear layers, from their packed bytes (bias not counted)."""
-    layers = [m for m in model.modules() if isinstance(m, GQSLinear)]
-    if not layers:
+    """Bits per weight over the model's GQSLinear layers: :func:`gqsa.info.model_stats`'s count
+    (packed tensors and bias), so baselines and gqsa runs are compared on one definition."""
+    from gqsa.info import model_stats
+    stats = model_stats(model)
+    if not stats["compressed_layers"]:
         raise ValueError("model holds no GQSLinear layer")
-    bits = sum(8 * m.packed().nbytes() for m in layers)
-    return bits / sum(m.out_features * m.in_features for m in layers)
+    return stats["bits_per_weight"]
