@@ -239,7 +239,7 @@ def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: 
             blocks[i].to(home)
     _move_outside(model, blocks, home)
     report.seconds = time.perf_counter() - t0
-    report.peak_memory_bytes = _peak_memory(device)
+    report.peak_memory_bytes = peak_memory(device)
     return report
 
 
@@ -305,7 +305,7 @@ def _move_outside(model: nn.Module, blocks: nn.ModuleList, device: torch.device)
                 m._buffers[n] = b.to(device)
 
 
-def _peak_memory(device: torch.device) -> int:
+def peak_memory(device: torch.device) -> int:
     """Peak memory of the process on ``device`` (CUDA allocator peak, or the CPU's max RSS)."""
     if device.type == "cuda":
         return int(torch.cuda.max_memory_allocated(device))

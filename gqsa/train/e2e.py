@@ -36,6 +36,7 @@ from tqdm.auto import tqdm
 
 from gqsa.config import require
 from gqsa.layer import GQSLinear
+from gqsa.pipeline import peak_memory
 from gqsa.train.bqpo import as_stored_scale, ste
 
 
@@ -258,12 +259,5 @@ def train_scales(model: nn.Module, windows: torch.Tensor, config: E2EConfig = E2
             "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
             "loss_before": before, "loss_after": after, "step_losses": step_losses,
             "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
-            "peak_memory_bytes": _peak_memory(device),
+            "peak_memory_bytes": peak_memory(device),
             "peak_memory_kind": "cuda max allocated" if device.type == "cuda" else "process max RSS"}
-
-
-def _peak_memory(device: torch.device) -> int:
-    if device.type == "cuda":
-        return int(torch.cuda.max_memory_allocated(device))
-    import resource
-    return int(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss) * 1024
