@@ -15,6 +15,7 @@ from dataclasses import dataclass
 import torch
 
 from gqsa.solver.quant import dequantize_codes, group_params, quantize
+from gqsa.solver.saliency import obs_group_scores
 
 
 @dataclass
@@ -90,16 +91,11 @@ def adaptive_block_keep(W1: torch.Tensor, U1: torch.Tensor, group_size: int, kep
     With columns before the block already fixed, the inverse Hessian of the remaining
     problem restricted to the block is U1^T U1 (U1 = the block's part of the Cholesky factor
     of H^-1, GPTQ sec. 3). Each group's cost is 1/2 w^T B^-1 w with B its G x G diagonal
-    block and w the group's current (updated) weights; every row keeps ``kept`` groups.
+    block and w the group's current (updated) weights (:func:`obs_group_scores`); every row keeps
+    ``kept`` groups.
     """
-    n, b = W1.shape
-    ng = b // group_size
-    idx = torch.arange(ng, device=W1.device)
-    hinv = (U1.T @ U1).reshape(ng, group_size, ng, group_size)[idx, :, idx, :]
-    binv = torch.cholesky_inverse(torch.linalg.cholesky(hinv))
-    wg = W1.reshape(n, ng, group_size)
-    scores = torch.einsum("ngi,gij,ngj->ng", wg, binv, wg)
-    keep = torch.zeros(n, ng, dtype=torch.bool, device=W1.device)
+    scores = obs_group_scores(W1, U1.T @ U1, group_size)
+    keep = torch.zeros_like(scores, dtype=torch.bool)
     return keep.scatter_(1, torch.topk(scores, kept, dim=1).indices, True)
 
 
