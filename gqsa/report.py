@@ -86,9 +86,9 @@ def render_table(runs: list[dict[str, Any]], metric: str = "acc_norm") -> str:
 
 def plot_ppl_vs_bits(runs: list[dict[str, Any]], path: Path) -> Path:
     """PNG: perplexity (log) against bits per weight (log2), one panel per text, a colour per method."""
-    texts = _keys(runs, "ppl")
+    texts = _finite_keys(runs, "ppl")
     if not texts:
-        raise ValueError("no run has a perplexity to plot")
+        raise ValueError("no run has a finite perplexity to plot")
     fig, axes = _figure(len(texts))
     for ax, text in zip(axes, texts):
         points = [(r["bits_per_weight"], r["ppl"][text], r) for r in runs if _finite(r["ppl"].get(text))]
@@ -106,7 +106,7 @@ def plot_ppl_vs_bits(runs: list[dict[str, Any]], path: Path) -> Path:
 def plot_ppl_vs_speed(runs: list[dict[str, Any]], path: Path) -> Path | None:
     """PNG: perplexity against measured decode tokens/s, for runs with a decode benchmark; None if none has."""
     timed = [r for r in runs if (r.get("decode") or {}).get("tokens_per_s")]
-    texts = _keys(timed, "ppl")
+    texts = _finite_keys(timed, "ppl")
     if not timed or not texts:
         return None
     fig, axes = _figure(len(texts))
@@ -141,6 +141,11 @@ def make_report(run_dirs: list[Path], out: Path, metric: str = "acc_norm") -> Pa
 def _keys(runs: list[dict[str, Any]], field: str) -> list[str]:
     """Union of the keys of ``run[field]`` over runs, in first-seen order."""
     return list(dict.fromkeys(k for r in runs for k in (r.get(field) or {})))
+
+
+def _finite_keys(runs: list[dict[str, Any]], field: str) -> list[str]:
+    """Keys of :func:`_keys` that at least one run holds a finite number for (a panel needs a point)."""
+    return [k for k in _keys(runs, field) if any(_finite((r.get(field) or {}).get(k)) for r in runs)]
 
 
 def _finite(x: Any) -> bool:

@@ -69,3 +69,13 @@ def test_bad_logs_raise_naming_the_file_and_key(tmp_path):
         load_run(bad)
     with pytest.raises(FileNotFoundError, match="run.json not found"):
         load_run(tmp_path)
+
+
+def test_a_text_without_any_finite_perplexity_gets_no_panel(tmp_path):
+    """A diverged run (perplexity null or inf on a text that no other run has) must not break the report."""
+    a = write_run(tmp_path, "a", method="rtn", bits_per_weight=4.16, ppl={"boolq": 20.0, "drop": None},
+                  decode={"tokens_per_s": 90.0, "device": "H100"})
+    b = write_run(tmp_path, "b", method="gqsa", bits_per_weight=3.3, ppl={"boolq": 25.0, "drop": float("inf")})
+    md = make_report([a, b], tmp_path / "out")
+    assert "| a | rtn |" in md.read_text()
+    assert png_size(tmp_path / "out" / "ppl_vs_bits.png")[0] > 300
