@@ -179,3 +179,18 @@ def test_real_lm_eval_loads_dense_and_gqsa_folders(tmp_path, tiny_llama, tiny_to
         (ll, _), = lm.loglikelihood(requests)
         ref = model or lm.model
         assert ll == pytest.approx(direct_ll(ref, tiny_tokenizer, *requests[0].args), abs=1e-4)
+
+
+def test_generate_stops_decoding_at_the_stop_string(tiny_llama, tiny_tokenizer, monkeypatch):
+    """``until`` ends decoding early (not only the returned text): fewer than max_gen_toks steps run."""
+    lm = HarnessModel(tiny_llama, tiny_tokenizer)
+    full = lm.generate_until([req("Once upon", {"until": [], "max_gen_toks": 12})])[0]
+    new_tokens, generate = [], tiny_llama.generate
+
+    def spy(inputs, **kw):
+        out = generate(inputs, **kw)
+        new_tokens.append(out.shape[1] - inputs.shape[1])
+        return out
+    monkeypatch.setattr(tiny_llama, "generate", spy)
+    cut = lm.generate_until([req("Once upon", {"until": [full[3:5]], "max_gen_toks": 12})])[0]
+    assert cut == full[:full.index(full[3:5])] and new_tokens[0] < 12

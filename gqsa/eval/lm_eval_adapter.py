@@ -120,9 +120,11 @@ class HarnessModel:
         max_new = int(gen_kwargs.get("max_gen_toks", self.max_gen_toks))
         ids = self.tokenizer(context, add_special_tokens=False).input_ids[-(self.max_length - max_new):]
         inputs = torch.tensor([ids or [self.prefix_token_id]], device=self._device)
-        with torch.inference_mode():
+        stops = [s for s in until if s]
+        stop_kw = {"stop_strings": stops, "tokenizer": self.tokenizer} if stops else {}
+        with torch.inference_mode():  # stop at the first ``until`` string, not after max_new tokens
             out = self.model.generate(inputs, attention_mask=torch.ones_like(inputs), max_new_tokens=max_new,
-                                      do_sample=False, pad_token_id=self.tokenizer.eos_token_id)
+                                      do_sample=False, pad_token_id=self.tokenizer.eos_token_id, **stop_kw)
         text = self.tokenizer.decode(out[0, inputs.shape[1]:], skip_special_tokens=True)
         cuts = [text.index(s) for s in until if s and s in text]
         return text[:min(cuts)] if cuts else text
