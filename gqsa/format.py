@@ -132,15 +132,11 @@ def row_of_groups(row_ptr: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(counts.numel(), device=row_ptr.device), counts)
 
 
-def dequantize(p: PackedGQS, dtype: torch.dtype = torch.float32, scales: torch.Tensor | None = None) -> torch.Tensor:
-    """Dense weight [N, K] of a packed layer; pruned groups are 0.
-
-    ``scales`` overrides ``p.scales`` (same shape): E2E-OQP passes trainable scales here
-    so the dense weight stays differentiable with respect to them.
-    """
-    s = p.scales if scales is None else scales
+def dequantize(p: PackedGQS, dtype: torch.dtype = torch.float32) -> torch.Tensor:
+    """Dense weight [N, K] of a packed layer; pruned groups are 0. Differentiable in
+    ``p.scales`` and ``p.zeros`` when they require grad (E2E-OQP's parametrized scales)."""
     q = unpack_codes(p.codes, p.bits, p.group_size).to(dtype)
-    w = (q - p.zeros.to(dtype).unsqueeze(1)) * s.to(dtype).unsqueeze(1)
+    w = (q - p.zeros.to(dtype).unsqueeze(1)) * p.scales.to(dtype).unsqueeze(1)
     ng = p.in_features // p.group_size
     rows = row_of_groups(p.row_ptr)
     dense = torch.zeros(p.out_features, ng, p.group_size, dtype=dtype, device=w.device)
