@@ -178,3 +178,9 @@ def test_smollm2_real_perplexity_is_plausible():
     tokens = eval_tokens(tokenizer, load_texts("boolq"))
     result = perplexity(model, tokens, seqlen=256, max_windows=4, progress=False)
     assert 5.0 < result["ppl"] < 60.0
+
+
+def test_folder_sparsity_weights_layers_by_size():
+    from gqsa.evaluate import _weighted_sparsity
+    layers = [{"shape": [10, 10], "sparsity": 0.0}, {"shape": [30, 10], "sparsity": 0.8}]
+    assert _weighted_sparsity(layers) == 0.6  # (0 * 100 + 0.8 * 300) / 400, not the plain mean 0.4
