@@ -289,9 +289,10 @@ def _train(block: nn.Module, fqs: list[FakeQuantLinear], inputs: torch.Tensor, t
                 torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
             opt.step()
             sched.step()
-            total += loss.item() * len(idx)
+            value = loss.item()  # one device sync per step, for the log and the bar
+            total += value * len(idx)
             bar.update()
-            bar.set_postfix(loss=f"{loss.item():.3e}")
+            bar.set_postfix(loss=f"{value:.3e}")
         epoch_losses.append(total / n)
     return epoch_losses
 

@@ -181,7 +181,7 @@ def _run_epochs(model: nn.Module, windows: torch.Tensor, groups: list[dict], con
     step_losses = []
     with tqdm(total=total, desc="e2e-oqp", disable=not progress) as bar:
         for _ in range(config.epochs):
-            perm, acc = torch.randperm(windows.shape[0], generator=gen), 0.0
+            perm, acc = torch.randperm(windows.shape[0], generator=gen), torch.zeros((), device=device)
             for m in range(micro):
                 first = m - m % config.grad_accum
                 in_step = min(config.grad_accum, micro - first)  # forward passes in this step
@@ -189,17 +189,17 @@ def _run_epochs(model: nn.Module, windows: torch.Tensor, groups: list[dict], con
                 with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
                     loss = model(input_ids=batch, labels=batch, use_cache=False).loss
                 (loss / in_step).backward()
-                acc += loss.item() / in_step
+                acc += loss.detach().float() / in_step  # on the device: one sync per optimizer step
                 if m - first + 1 == in_step:
                     if config.max_grad_norm > 0:
                         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
                     opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
-                    step_losses.append(acc)
+                    step_losses.append(acc.item())
                     bar.update()
-                    bar.set_postfix(loss=f"{acc:.4f}")
-                    acc = 0.0
+                    bar.set_postfix(loss=f"{step_losses[-1]:.4f}")
+                    acc = torch.zeros((), device=device)
     return step_losses
 
 
