@@ -79,12 +79,10 @@ def evaluate(model, tokens, a, results: dict, name: str) -> None:
     print(f"   {name}: ppl {ppl['ppl']:.3f} ({ppl['seconds']:.0f} s eval)", flush=True)
 
 
-def sparsity_stages(dense, tokenizer, tokens, a, sparsity: float, results: dict) -> None:
-    """One-shot, +BQPO, +BQPO+E2E at one sparsity; fills ``results``."""
+def sparsity_stages(dense, calib, train, tokens, a, sparsity: float, results: dict) -> None:
+    """One-shot, +BQPO, +BQPO+E2E at one sparsity (calibration and E2E windows given); fills ``results``."""
     config = GQSAConfig(group_size=a.group_size, sparsity=sparsity, bits=a.bits, sparsity_ramp=a.sparsity_ramp,
                         mask=a.mask)
-    calib = calibration_windows(tokenizer, load_texts(a.calib, "calibration"), a.nsamples, a.seqlen, a.seed)
-    train = calibration_windows(tokenizer, load_texts(a.calib, "calibration"), a.e2e_windows, a.seqlen, a.seed + 1)
     bqpo = BQPOConfig(epochs=a.bqpo_epochs, batch_size=a.bqpo_batch, lr_weight=a.bqpo_lr_weight,
                       lr_scale=a.bqpo_lr_scale, lr_zero=a.bqpo_lr_zero)
     e2e = E2EConfig(epochs=a.e2e_epochs, lr=a.e2e_lr, batch_size=a.e2e_batch, grad_accum=a.e2e_accum)
@@ -171,8 +169,11 @@ def main(argv=None) -> None:
     stages: dict = {}
     run_stage("FP16 (dense reference)", lambda: None, stages)
     evaluate(dense, tokens, a, stages, "FP16 (dense reference)")
+    texts = load_texts(a.calib, "calibration")
+    calib = calibration_windows(tokenizer, texts, a.nsamples, a.seqlen, a.seed)
+    train = calibration_windows(tokenizer, texts, a.e2e_windows, a.seqlen, a.seed + 1)
     for sparsity in a.sparsity or [0.5]:
-        sparsity_stages(dense, tokenizer, tokens, a, sparsity, stages)
+        sparsity_stages(dense, calib, train, tokens, a, sparsity, stages)
     out = {"device": f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} thread(s)",
            "date": datetime.date.today().isoformat(), "command": "python " + " ".join(sys.argv),
            "torch": torch.__version__, "args": vars(a), "stages": stages}

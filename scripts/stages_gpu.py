@@ -51,10 +51,11 @@ def main() -> None:
     calib = torch.randint(0, SMOLLM2["vocab_size"], (a.nsamples, a.seqlen))
     results: dict = {}
     cfg = GQSAConfig(sparsity=0.5, bits=4, group_size=16)
-    for label, hook in (("oneshot", None), ("oneshot+bqpo", bqpo_hook(BQPOConfig(), progress=False))):
+    bqpo = BQPOConfig()
+    for label, hook in (("oneshot", None), ("oneshot+bqpo", bqpo_hook(bqpo, progress=False))):
         model = LlamaForCausalLM(LlamaConfig(**SMOLLM2)).to(dev, torch.bfloat16).eval()
         stage(label, lambda: compress(model, cfg, calib, device=dev, progress=False, after_block=hook,
-                                      fp_targets=hook is not None), results)
+                                      fp_targets=hook is not None and bqpo.fp_targets), results)
     windows = calib[: a.e2e_windows, :1024]
     stage("e2e_oqp", lambda: train_scales(model, windows, E2EConfig(), device=dev, progress=False,
                                           evaluate=False), results)
