@@ -9,29 +9,10 @@ nearest grid point.
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 
 from gqsa.baselines.config import BaselineConfig
 from gqsa.solver.prune_quant import LayerResult
-from gqsa.solver.quant import dequantize_codes, group_params, quantize
-
-
-def rtn_quantize(W: torch.Tensor, bits: int, group_size: int, sym: bool = False
-                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Quantize W [N, K] per group of ``group_size`` columns (the last group may be shorter).
-
-    Returns codes [N, K] (float of ints in [0, 2^bits)), scales and zeros [N, ceil(K/G)]
-    and the dequantized weight [N, K] float32. The short last group is padded with zeros,
-    which leaves its min-max range unchanged (the range always includes 0).
-    """
-    n, k = W.shape
-    ng = -(-k // group_size)
-    Wp = F.pad(W.float(), (0, ng * group_size - k)).reshape(n * ng, group_size)
-    s, z = group_params(Wp, bits, sym, clip_search=False)
-    q = quantize(Wp, s, z, bits)
-    dq = dequantize_codes(q, s, z)
-    crop = lambda t: t.reshape(n, ng * group_size)[:, :k]  # noqa: E731
-    return crop(q), s.reshape(n, ng), z.reshape(n, ng), crop(dq)
+from gqsa.solver.quant import rtn_quantize  # the one RTN quantizer, shared with the solver's naive path
 
 
 def rtn_layer(weight: torch.Tensor, acc, cfg: BaselineConfig) -> LayerResult:

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gqsa.solver.quant import dequantize_codes, group_params, quantize
+from gqsa.solver.quant import dequantize_codes, group_params, quantize, rtn_quantize
 from gqsa.solver.saliency import obs_group_scores
 
 
@@ -102,14 +102,9 @@ def adaptive_block_keep(W1: torch.Tensor, U1: torch.Tensor, group_size: int, kep
 def round_to_nearest(W: torch.Tensor, keep: torch.Tensor, group_size: int, bits: int,
                      sym: bool = False, clip_search: bool = False) -> LayerResult:
     """Prune by mask and round each kept group to nearest, with no compensation (the naive baseline)."""
-    n, k = W.shape
-    Wg = W.float().reshape(n * (k // group_size), group_size)
-    s, z = group_params(Wg, bits, sym, clip_search)
-    q = quantize(Wg, s, z, bits)
-    dq = dequantize_codes(q, s, z).reshape(n, k)
+    q, s, z, dq = rtn_quantize(W, bits, group_size, sym, clip_search)
     kc = keep.repeat_interleave(group_size, dim=1)
-    return LayerResult(torch.where(kc, q.reshape(n, k), 0.0), s.reshape(n, -1), z.reshape(n, -1), keep,
-                       torch.where(kc, dq, 0.0))
+    return LayerResult(torch.where(kc, q, 0.0), s, z, keep, torch.where(kc, dq, 0.0))
 
 
 def output_error(W: torch.Tensor, W_hat: torch.Tensor, H: torch.Tensor) -> float:

@@ -8,6 +8,7 @@ solver must compensate the error of the weights that will actually be used.
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 CLIP_GRID = torch.linspace(1.0, 0.70, 16).tolist()
 
@@ -51,3 +52,21 @@ def group_params(w: torch.Tensor, bits: int, sym: bool, clip_search: bool) -> tu
         better = err < best
         scale, zero, best = torch.where(better, s, scale), torch.where(better, z, zero), torch.minimum(err, best)
     return scale, zero
+
+
+def rtn_quantize(W: torch.Tensor, bits: int, group_size: int, sym: bool = False, clip_search: bool = False
+                 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Round-to-nearest of W [N, K] per group of ``group_size`` columns (the last may be shorter).
+
+    Returns codes [N, K] (float of ints in [0, 2^bits)), scales and zeros [N, ceil(K/G)] and
+    the dequantized weight [N, K] float32. A short last group is padded with zeros, which
+    leaves its min-max range unchanged (the range always includes 0).
+    """
+    n, k = W.shape
+    ng = -(-k // group_size)
+    Wp = F.pad(W.float(), (0, ng * group_size - k)).reshape(n * ng, group_size)
+    s, z = group_params(Wp, bits, sym, clip_search)
+    q = quantize(Wp, s, z, bits)
+    dq = dequantize_codes(q, s, z)
+    crop = lambda t: t.reshape(n, ng * group_size)[:, :k]  # noqa: E731
+    return crop(q), s.reshape(n, ng), z.reshape(n, ng), crop(dq)
