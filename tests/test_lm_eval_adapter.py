@@ -194,3 +194,17 @@ def test_generate_stops_decoding_at_the_stop_string(tiny_llama, tiny_tokenizer, 
     monkeypatch.setattr(tiny_llama, "generate", spy)
     cut = lm.generate_until([req("Once upon", {"until": [full[3:5]], "max_gen_toks": 12})])[0]
     assert cut == full[:full.index(full[3:5])] and new_tokens[0] < 12
+
+
+def test_loglikelihood_respects_max_length(tiny_llama, tiny_tokenizer):
+    """The adapter's max_length left-truncates loglikelihood inputs too (lm-eval's rule: the
+    model sees at most max_length tokens, the last max_length + 1 of context + continuation)."""
+    context, cont = "Once upon a time there was a cat that sat on a mat", "s"
+    ctx = tiny_tokenizer(context, add_special_tokens=False).input_ids
+    ids_cont = tiny_tokenizer(cont, add_special_tokens=False).input_ids
+    full = (ctx + ids_cont)[-(8 + 1):]
+    assert len(ctx) + len(ids_cont) > 9  # the case truncates
+    logp = torch.log_softmax(tiny_llama(torch.tensor([full[:-1]])).logits[0].float(), -1)
+    want = sum(logp[len(full) - 1 - len(ids_cont) + j, t].item() for j, t in enumerate(ids_cont))
+    got = HarnessModel(tiny_llama, tiny_tokenizer, max_length=8).loglikelihood([req(context, cont)])[0][0]
+    assert got == pytest.approx(want, abs=1e-4)

@@ -85,7 +85,8 @@ class HarnessModel:
         pairs = [tuple(r.args) for r in requests]
         out = []
         for i in tqdm(range(0, len(pairs), self.batch_size), desc="loglikelihood", disable=len(pairs) < 16):
-            out.extend(loglikelihoods(self.model, self.tokenizer, pairs[i:i + self.batch_size], self._device))
+            out.extend(loglikelihoods(self.model, self.tokenizer, pairs[i:i + self.batch_size], self._device,
+                                       self.max_length))
         return out
 
     def loglikelihood_rolling(self, requests: list) -> list[float]:

@@ -101,14 +101,17 @@ def loglikelihoods(
     tokenizer,
     requests: list[tuple[str, str]],
     device: torch.device | str | None = None,
+    max_length: int | None = None,
 ) -> list[tuple[float, bool]]:
     """``loglikelihood`` of each ``(context, continuation)`` pair, all in one right-padded batch.
 
-    Right padding needs no attention mask in a causal LM: a position never attends to the pads
-    after it, and pad positions are never read.
+    Inputs are left-truncated to ``max_length`` tokens (default: the model's
+    ``max_position_embeddings``). Right padding needs no attention mask in a causal LM: a
+    position never attends to the pads after it, and pad positions are never read.
     """
     device = device if device is not None else next(model.parameters()).device
-    max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
+    if max_length is None:
+        max_length = getattr(getattr(model, "config", None), "max_position_embeddings", None)
     encoded = [_encode_pair(tokenizer, context, cont) for context, cont in requests]
     inputs = [_model_input(ctx, cont, max_length) for ctx, cont in encoded]
     width = max(len(ids) for ids in inputs)
