@@ -39,7 +39,7 @@ def _layout(g: int, bits: int) -> dict:
     return dict(G=g, BITS=bits, BPG=g * bits // 8, UNIT_BITS=unit, W=w, P=p)
 
 
-FORMATS = [(16, 4), (8, 3), (128, 2), (32, 8)]
+FORMATS = [(16, 4), (8, 3), (128, 2), (32, 8), (64, 3)]
 PACKED = dict(codes_ptr="*u8", col_ptr="*i16", scale_ptr="*fp16", zero_ptr="*u8", row_ptr_ptr="*i32",
               words_ptr="*i32", prefix_ptr="*i32", cnt_ptr="*i32", ws_ptr="*fp32", y32_ptr="*fp32",
               prog_rows_ptr="*i32")
@@ -54,26 +54,26 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
     from gqsa.bench.floor import _read_kernel
     from gqsa.bench.sparse24 import _gemv24_kernel
     from gqsa.kernels.gemm import _dequant_kernel, _gemm_kernel
-    from gqsa.kernels.gemv import _gemv_rows_kernel, _gemv_tasks_kernel, default_config
+    from gqsa.kernels.gemv import _gemv_rows_kernel, _gemv_tasks_kernel, decode_layout, default_config
     from gqsa.kernels.smallm import _smallm_kernel
     out = []
     for i, (g, bits) in enumerate(FORMATS):
         dt = ("fp16", "bf16")[i % 2]
         lay = _layout(g, bits)
-        block_b = (1, 4, 2, 16)[i]
+        block_b = (1, 4, 2, 16, 1)[i]
         cfg = default_config(g, block_b, 64.0)
+        dec = decode_layout(g, bits)
         rows = dict(HAS_BIAS=i % 2 == 0, BLOCK_B=block_b, BLOCK_R=cfg.block_r, BLOCK_G=cfg.block_g, WHILE=False,
-                    STEPS=(2, 0, 0, 4)[i], ROW_LEN=(128, 0, 0, 0)[i], W_POLICY=("", "evict_first")[i % 2],
-                    X_POLICY=("", "evict_last")[i % 2], **lay)
+                    STEPS=(2, 0, 0, 4, 3)[i], ROW_LEN=(128, 0, 0, 0, 0)[i], W_POLICY=("", "evict_first")[i % 2],
+                    X_POLICY=("", "evict_last")[i % 2], **dec)
         out.append((f"gemv rows G{g} b{bits} {dt}", lambda rows=rows, dt=dt:
                     compile_kernel(_gemv_rows_kernel, _act(dt), rows)))
         tasks = dict(HAS_BIAS=True, SPLIT_MODE=i % 2, BLOCK_B=1, BLOCK_R=cfg.block_r, BLOCK_G=cfg.block_g,
-                     WS_STRIDE=16, WHILE=False,
-                     **lay)
+                     WS_STRIDE=16, WHILE=False, **dec)
         out.append((f"gemv tasks G{g} b{bits} {dt}", lambda tasks=tasks, dt=dt:
                     compile_kernel(_gemv_tasks_kernel, _act(dt), tasks)))
-        small = dict(HAS_BIAS=i % 2 == 1, BLOCK_M=(16, 32)[i % 2], BLOCK_N=32, BLOCK_KG=max(1, 64 // g), NWB=2,
-                     INTERP=False, SPLIT=(8, 1, 3, 2)[i], **lay)
+        small = dict(HAS_BIAS=i % 2 == 1, BLOCK_M=(16, 32)[i % 2], BLOCK_N=32, BLOCK_KG=4, NWB=2,
+                     INTERP=False, SPLIT=(8, 1, 3, 2, 1)[i], **lay)
         out.append((f"smallm G{g} b{bits} {dt}", lambda small=small, dt=dt:
                     compile_kernel(_smallm_kernel, _act(dt), small, num_stages=1)))
         gemm = dict(HAS_BIAS=True, SPLIT=i % 2 == 0, BLOCK_M=16, BLOCK_N=64, BLOCK_KG=max(1, 64 // g),

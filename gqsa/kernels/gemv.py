@@ -6,12 +6,15 @@ scales, zeros) from device memory. The kernel dequantizes in registers and never
 writes a dense weight.
 
 Tile: a program works on ``BLOCK_R`` rows at a time and walks them together in
-steps of ``BLOCK_G`` kept groups per row, so one step holds ``BLOCK_R * BLOCK_G``
-lanes, each lane one kept group: its codes ``[W, P]`` (W words of P codes; 3-bit
-codes straddle bytes and are read byte by byte, W = G, P = 1), its scale, zero and
-column index, and the activations ``x[:, col*G : col*G+G]`` it multiplies. Lanes past
-their row's end are masked, so rows of unequal length are correct, at the cost of
-idle lanes within a step.
+steps of ``BLOCK_G`` lanes per row, so one step holds ``BLOCK_R * BLOCK_G`` lanes.
+A lane is one sub-group of ``SG = min(G, 16)`` consecutive weights of a kept group
+(groups of 32-128 weights are walked as 2-8 sub-groups, whose codes lie back to back):
+its codes ``[W, P]`` (W words of P codes; 3-bit codes are read in 24-bit chunks of 8),
+its group's scale, zero and column index, and the activations it multiplies. Lanes
+of the same size for every G keep the tile shape that measured fastest at G = 16;
+whole 128-weight groups per lane ran at half that speed on an H100. Lanes past their
+row's end are masked, so rows of unequal length are correct, at the cost of idle
+lanes within a step.
 
 Two schedules (see docs/engine.md for when each wins):
 
@@ -66,13 +69,30 @@ def code_layout(group_size: int, bits: int) -> tuple[int, int, int]:
 
     2-, 4- and 8-bit codes never straddle a load unit: a group is W units of UNIT_BITS
     (32, 16 or 8, the widest dividing the group's bytes), each holding P codes.
-    3-bit codes are read byte-pair by byte-pair: W = G, P = 1 (UNIT_BITS = 0).
+    3-bit codes are read in 24-bit chunks of 8 codes (three byte loads per chunk, every
+    G a multiple of 8): W = G / 8, P = 8, UNIT_BITS = 24. (Reading them code by code,
+    two byte loads per code, ran at half the 4-bit speed on an H100.)
     """
     nbytes = group_size * bits // 8
     if 8 % bits != 0:
-        return 0, group_size, 1
+        return 24, group_size // 8, 8
     unit = 32 if nbytes % 4 == 0 else 16 if nbytes % 2 == 0 else 8
     return unit, group_size * bits // unit, unit // bits
+
+
+SUB_GROUP = 16  # weights per decode lane (at most)
+
+
+def decode_layout(group_size: int, bits: int) -> dict:
+    """Constexprs of a decode launch for G and bits: sub-groups of ``SG`` weights, ``R`` per group.
+
+    Codes are loaded in units of at most 8 codes (2-bit: two 16-bit units per sub-group
+    rather than one 32-bit unit of 16 codes)."""
+    sg = min(group_size, SUB_GROUP)
+    unit, w, p = code_layout(sg, bits)
+    if p > 8:
+        unit, w, p = unit // 2, w * 2, p // 2
+    return dict(G=group_size, R=group_size // sg, SG=sg, BITS=bits, BPG=sg * bits // 8, UNIT_BITS=unit, W=w, P=p)
 
 
 def default_config(group_size: int, block_b: int, row_len: float, uniform: bool = False,
@@ -80,29 +100,33 @@ def default_config(group_size: int, block_b: int, row_len: float, uniform: bool 
     """Launch parameters for G, the batch tile, the mean kept groups per row, whether every
     row keeps the same number (``uniform``, known from the plan) and the layer's rows.
 
-    Measured on an H100 (docs/engine.md §5.5, S50 W4 G16): at batch 1-2, 128 lanes (kept
-    groups) per step and 4 warps; 64 lanes per row when rows hold <= 128 groups, else 128.
-    Uniform rows of <= 256 groups in layers of >= 2048 rows take 32 lanes per row (4 rows
-    per program): 3-27 % faster there (e.g. 4096x4096 6.2 -> 5.9 us, 13824x5120 22.0 ->
-    16.2), but slower on longer rows (8192x28672 43 -> 47), on few rows (1024x8192: too
-    few programs, 4.3 -> 5.9) and on uneven rows (up to 30 %).
+    Measured on an H100 (docs/engine.md §5.5, S50 W4 G16): at batch 1-2, 128 lanes per
+    step and 4 warps; 64 lanes per row when rows hold <= 128 sub-groups, else 128.
+    Uniform rows of <= 256 sub-groups in layers of >= 2048 rows take 32 lanes per row (4
+    rows per program): 3-27 % faster there (e.g. 4096x4096 6.2 -> 5.9 us, 13824x5120 22.0
+    -> 16.2), but slower on longer rows (8192x28672 43 -> 47), on few rows (1024x8192: too
+    few programs, 4.3 -> 5.9) and on uneven rows (up to 30 %). G = 8 (8-weight lanes)
+    takes 8192 weights per step: 1.6x faster than 2048 on 11008x4096 (§5.6).
     """
-    weights = 2048 if block_b <= 2 else 1024 if block_b <= 8 else 512
-    lanes = max(8, weights // group_size)
-    if uniform and block_b <= 2 and lanes >= 64 and row_len <= 256 and n_rows >= 16 * lanes:
+    sg = min(group_size, SUB_GROUP)
+    row_len = row_len * (group_size // sg)
+    weights = (8192 if sg < SUB_GROUP else 2048) if block_b <= 2 else 1024 if block_b <= 8 else 512
+    lanes = max(8, weights // sg)
+    if sg == SUB_GROUP and uniform and block_b <= 2 and row_len <= 256 and n_rows >= 16 * lanes:
         return GemvConfig(block_r=lanes // 32, block_g=32, num_warps=4)
     block_g = max(4, min(lanes, triton.next_power_of_2(max(1, int(row_len)))))
-    if block_g == lanes and row_len <= lanes and lanes >= 16:
+    if sg == SUB_GROUP and block_g == lanes and row_len <= lanes and lanes >= 16:
         block_g = lanes // 2
     return GemvConfig(block_r=max(1, lanes // block_g), block_g=block_g, num_warps=4)
 
 
-def static_steps(plan: KernelPlan | None, nnz: int, n: int, block_g: int) -> int:
-    """Steps to unroll (0: loop at run time): only when no row is much longer than the mean."""
+def static_steps(plan: KernelPlan | None, nnz: int, n: int, block_g: int, r: int = 1) -> int:
+    """Steps to unroll (0: loop at run time): only when no row is much longer than the mean.
+    ``block_g`` lanes of sub-groups per row and step, ``r`` sub-groups per group."""
     if plan is None or plan.max_row_len == 0:
         return 0
-    steps = triton.cdiv(plan.max_row_len, block_g)
-    mean_steps = nnz / max(1, n) / block_g
+    steps = triton.cdiv(plan.max_row_len * r, block_g)
+    mean_steps = nnz * r / max(1, n) / block_g
     return steps if steps <= MAX_STEPS and steps <= mean_steps * 1.25 + 1 else 0
 
 
@@ -111,14 +135,14 @@ def _load_codes(codes_ptr, gidx, ok, BITS: tl.constexpr, BPG: tl.constexpr,
                 UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, POLICY: tl.constexpr):
     """Codes of the lanes' groups as int32 [L, W, P]; code j = w*P + p."""
     w = tl.arange(0, W)
-    if UNIT_BITS == 0:  # 3-bit: code j starts at bit 3j of the group's byte stream
-        bit = (w * BITS)[None, :, None]
-        byte = bit // 8
-        base = codes_ptr + gidx[:, None, None] * BPG + byte
-        m = ok[:, None, None]
+    if UNIT_BITS == 24:  # 3-bit: chunk w is bytes 3w..3w+2 of the group, code w*8+p at its bit 3p
+        base = codes_ptr + gidx[:, None] * BPG + 3 * w[None, :]
+        m = ok[:, None]
         b0 = tl.load(base, mask=m, other=0, eviction_policy=POLICY).to(tl.int32)
-        b1 = tl.load(base + 1, mask=m & (byte + 1 < BPG), other=0, eviction_policy=POLICY).to(tl.int32)
-        return ((b0 | (b1 << 8)) >> (bit % 8)) & ((1 << BITS) - 1)
+        b1 = tl.load(base + 1, mask=m, other=0, eviction_policy=POLICY).to(tl.int32)
+        b2 = tl.load(base + 2, mask=m, other=0, eviction_policy=POLICY).to(tl.int32)
+        chunk = b0 | (b1 << 8) | (b2 << 16)
+        return (chunk[:, :, None] >> (tl.arange(0, P) * BITS)[None, None, :]) & ((1 << BITS) - 1)
     if UNIT_BITS == 32:
         up = codes_ptr.to(tl.pointer_type(tl.int32))
     elif UNIT_BITS == 16:
@@ -133,20 +157,22 @@ def _load_codes(codes_ptr, gidx, ok, BITS: tl.constexpr, BPG: tl.constexpr,
 
 @triton.jit
 def _step(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr,
-          G: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr,
-          W: tl.constexpr, P: tl.constexpr, BLOCK_B: tl.constexpr, W_POLICY: tl.constexpr,
+          G: tl.constexpr, R: tl.constexpr, SG: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr,
+          UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, BLOCK_B: tl.constexpr, W_POLICY: tl.constexpr,
           X_POLICY: tl.constexpr):
-    """One step: lanes take group ``seg_lo + t + lg`` of their row; returns acc [BLOCK_B, L] updated."""
-    gidx = seg_lo + t + lg
-    ok = gidx < seg_hi
+    """One step: lanes take sub-group ``seg_lo + t + lg`` of their row; returns acc [BLOCK_B, L] updated."""
+    sidx = seg_lo + t + lg
+    ok = sidx < seg_hi
+    gidx = sidx // R
     col = tl.load(col_ptr + gidx, mask=ok, other=0, eviction_policy=W_POLICY).to(tl.int32)
     s = tl.load(scale_ptr + gidx, mask=ok, other=0.0, eviction_policy=W_POLICY).to(tl.float32)
     z = tl.load(zero_ptr + gidx, mask=ok, other=0, eviction_policy=W_POLICY).to(tl.float32)
-    q = _load_codes(codes_ptr, gidx, ok, BITS, BPG, UNIT_BITS, W, P, W_POLICY)
+    q = _load_codes(codes_ptr, sidx, ok, BITS, BPG, UNIT_BITS, W, P, W_POLICY)
     wq = q.to(tl.float32) - z[:, None, None]
     bidx = tl.arange(0, BLOCK_B)
     jj = tl.arange(0, W)[:, None] * P + tl.arange(0, P)[None, :]
-    xo = bidx[:, None, None, None] * stride_xb + (col * G)[None, :, None, None] + jj[None, None, :, :]
+    x0 = col * G + (sidx % R) * SG
+    xo = bidx[:, None, None, None] * stride_xb + x0[None, :, None, None] + jj[None, None, :, :]
     xm = (bidx < B)[:, None, None, None] & ok[None, :, None, None]
     xv = tl.load(x_ptr + xo, mask=xm, other=0.0, eviction_policy=X_POLICY).to(tl.float32)
     dot = tl.sum(tl.sum(xv * wq[None, :, :, :], axis=3), axis=2)
@@ -156,15 +182,16 @@ def _step(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, s
 @triton.jit
 def _row_block(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row_ptr_ptr,
                r0, r_end, E0, E1,
-               G: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr,
-               W: tl.constexpr, P: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr,
+               G: tl.constexpr, R: tl.constexpr, SG: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr,
+               UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr,
                BLOCK_G: tl.constexpr, WHILE: tl.constexpr, STEPS: tl.constexpr, ROW_LEN: tl.constexpr,
                W_POLICY: tl.constexpr, X_POLICY: tl.constexpr):
     """Partial sums [BLOCK_B, BLOCK_R] of rows r0.. (< r_end) over their groups in [E0, E1).
 
     STEPS > 0 unrolls a fixed number of steps (the layer's longest row), so every
     step's loads can issue before the first product; ROW_LEN > 0 says every row keeps
-    ROW_LEN groups, so no row pointer is read. 0 means "read it at run time".
+    ROW_LEN groups, so no row pointer is read. 0 means "read it at run time". Groups
+    are walked as R sub-groups each.
     """
     L: tl.constexpr = BLOCK_R * BLOCK_G
     lane = tl.arange(0, L)
@@ -178,23 +205,25 @@ def _row_block(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row
         seg_lo = tl.maximum(tl.load(row_ptr_ptr + lrow, mask=live, other=0), E0)
         seg_hi = tl.minimum(tl.load(row_ptr_ptr + lrow + 1, mask=live, other=0), E1)
         seg_hi = tl.where(live, seg_hi, seg_lo)
+    seg_lo = seg_lo * R  # in sub-groups from here
+    seg_hi = seg_hi * R
     acc = tl.zeros([BLOCK_B, L], dtype=tl.float32)
     if STEPS > 0:
         for i in tl.static_range(STEPS):
             acc = _step(acc, i * BLOCK_G, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr,
-                        zero_ptr, G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, W_POLICY, X_POLICY)
+                        zero_ptr, G, R, SG, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, W_POLICY, X_POLICY)
     elif WHILE:  # the interpreter cannot take a tensor as a range bound
         steps = tl.max(seg_hi - seg_lo, axis=0)
         t = 0
         while t < steps:
             acc = _step(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr,
-                        G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, W_POLICY, X_POLICY)
+                        G, R, SG, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, W_POLICY, X_POLICY)
             t += BLOCK_G
     else:
         steps = tl.max(seg_hi - seg_lo, axis=0)
         for t in range(0, steps, BLOCK_G):
             acc = _step(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr,
-                        G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, W_POLICY, X_POLICY)
+                        G, R, SG, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, W_POLICY, X_POLICY)
     return tl.sum(tl.reshape(acc, [BLOCK_B, BLOCK_R, BLOCK_G]), axis=2)
 
 
@@ -213,15 +242,15 @@ def _finish_rows(part, rows, r_end, B, y_ptr, stride_yb, bias_ptr, HAS_BIAS: tl.
 @triton.jit
 def _gemv_rows_kernel(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row_ptr_ptr,
                       bias_ptr, y_ptr, stride_yb, N, nnz,
-                      HAS_BIAS: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr,
-                      UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
+                      HAS_BIAS: tl.constexpr, G: tl.constexpr, R: tl.constexpr, SG: tl.constexpr,
+                      BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
                       BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
                       WHILE: tl.constexpr, STEPS: tl.constexpr, ROW_LEN: tl.constexpr,
                       W_POLICY: tl.constexpr, X_POLICY: tl.constexpr):
     """Data-centric schedule: program p computes rows [p*BLOCK_R, (p+1)*BLOCK_R)."""
     r0 = tl.program_id(0) * BLOCK_R
     part = _row_block(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row_ptr_ptr,
-                      r0, N, 0, nnz, G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, BLOCK_R, BLOCK_G, WHILE, STEPS,
+                      r0, N, 0, nnz, G, R, SG, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, BLOCK_R, BLOCK_G, WHILE, STEPS,
                       ROW_LEN, W_POLICY, X_POLICY)
     _finish_rows(part, r0 + tl.arange(0, BLOCK_R), N, B, y_ptr, stride_yb, bias_ptr, HAS_BIAS, BLOCK_B)
 
@@ -251,8 +280,8 @@ def _fixup_rows(part, rows, r_end, lo, hi, E0, E1, T, B, y_ptr, stride_yb, bias_
 @triton.jit
 def _gemv_tasks_kernel(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row_ptr_ptr,
                        bias_ptr, y_ptr, stride_yb, y32_ptr, prog_rows_ptr, ws_ptr, cnt_ptr, nnz, T,
-                       HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, G: tl.constexpr, BITS: tl.constexpr,
-                       BPG: tl.constexpr, UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
+                       HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, G: tl.constexpr, R: tl.constexpr,
+                       SG: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
                        WS_STRIDE: tl.constexpr, WHILE: tl.constexpr):
     """Task-centric schedule: program p computes kept groups [p*T, (p+1)*T)."""
@@ -265,7 +294,7 @@ def _gemv_tasks_kernel(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_
     r0 = r_first
     while r0 < r_end:  # a data-dependent trip count: the interpreter wants a while loop here too
         part = _row_block(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row_ptr_ptr,
-                          r0, r_end, E0, E1, G, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, BLOCK_R, BLOCK_G, WHILE,
+                          r0, r_end, E0, E1, G, R, SG, BITS, BPG, UNIT_BITS, W, P, BLOCK_B, BLOCK_R, BLOCK_G, WHILE,
                           0, 0, "", "")
         rows = r0 + tl.arange(0, BLOCK_R)
         if SPLIT_MODE == 1:
@@ -320,12 +349,11 @@ def gqs_gemv(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None = None, pl
 def _launch(x, y, p, bias, plan, schedule, split_mode, config):
     b, n, nnz = x.shape[0], p.out_features, p.nnz
     block_b = triton.next_power_of_2(b)
-    unit, w, pp = code_layout(p.group_size, p.bits)
+    lay = decode_layout(p.group_size, p.bits)
     uniform = plan is not None and plan.row_len > 0
     cfg = config or default_config(p.group_size, block_b, nnz / max(1, n), uniform, n)
-    meta = dict(HAS_BIAS=bias is not None, G=p.group_size, BITS=p.bits, BPG=p.group_size * p.bits // 8,
-                UNIT_BITS=unit, W=w, P=pp, BLOCK_B=block_b, BLOCK_R=cfg.block_r, BLOCK_G=cfg.block_g,
-                WHILE=INTERPRET, num_warps=cfg.num_warps)
+    meta = dict(HAS_BIAS=bias is not None, BLOCK_B=block_b, BLOCK_R=cfg.block_r, BLOCK_G=cfg.block_g,
+                WHILE=INTERPRET, num_warps=cfg.num_warps, **lay)
     args = (x, x.stride(0), b, p.codes, p.col_idx, p.scales, p.zeros, p.row_ptr)
     bias_arg = bias if bias is not None else y
     if schedule == "rows":
@@ -333,7 +361,7 @@ def _launch(x, y, p, bias, plan, schedule, split_mode, config):
         _gemv_rows_kernel[grid](*args, bias_arg, y, y.stride(0), n, nnz,
                                 W_POLICY="evict_first" if cfg.evict else "",
                                 X_POLICY="evict_last" if cfg.evict else "",
-                                STEPS=static_steps(plan, nnz, n, cfg.block_g),
+                                STEPS=static_steps(plan, nnz, n, cfg.block_g, lay["R"]),
                                 ROW_LEN=plan.row_len if plan is not None else 0, **meta)
         return
     t = groups_per_program(nnz, plan.num_programs)
