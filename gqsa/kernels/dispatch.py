@@ -34,10 +34,10 @@ def gemm_config(m: int):
     """Tile of the Triton GEMM for M rows (H100 sweep, docs/engine.md)."""
     from gqsa.kernels.gemm import GemmConfig
     if m <= 16:
-        return GemmConfig(block_m=16, block_n=64, block_k=64, num_warps=4, num_stages=3)
+        return GemmConfig(block_m=16, block_n=64, num_warps=4, num_stages=3)
     if m <= 32:
-        return GemmConfig(block_m=32, block_n=64, block_k=64, num_warps=4, num_stages=3)
-    return GemmConfig(block_m=64, block_n=128, block_k=64, num_warps=4, num_stages=3)
+        return GemmConfig(block_m=32, block_n=64, num_warps=4, num_stages=3)
+    return GemmConfig(block_m=64, block_n=128, num_warps=4, num_stages=3)
 
 
 def choose_schedule(row_ptr: torch.Tensor) -> str:

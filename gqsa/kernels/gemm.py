@@ -41,7 +41,7 @@ class GemmConfig:
 
     block_m: int = 64
     block_n: int = 128
-    block_k: int = 64
+    block_k: int = 0  # input columns per step; 0: four groups (4 * G), as in the small-batch kernel
     num_warps: int = 4
     num_stages: int = 3
     split_k: int = 0  # 0: enough splits of K for ~4 programs per multiprocessor
@@ -202,7 +202,7 @@ def gqs_gemm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: Ker
     cfg = config or GemmConfig()
     x = x.contiguous()
     m, n, k, g = x.shape[0], p.out_features, p.in_features, p.group_size
-    ng, block_kg = k // g, max(1, cfg.block_k // g)
+    ng, block_kg = k // g, min(32, max(1, cfg.block_k // g)) if cfg.block_k else 4
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     if y.shape != (m, n) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out must be a contiguous [{m}, {n}] {x.dtype} tensor")

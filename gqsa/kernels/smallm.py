@@ -50,16 +50,17 @@ MAX_M = 32
 @dataclass(frozen=True)
 class SmallMConfig:
     """Tile of the small-batch kernel. K is split so that about ``programs_per_sm`` programs
-    run per multiprocessor, and further so that no program walks more than ``max_groups``
-    group columns (a multiple of 32; 0: no cap): long K loops measured slow (H100,
-    docs/engine.md §5.3)."""
+    run per multiprocessor, and further so that no program walks more than ``max_k`` input
+    columns (0: no cap; a power of two of at least ``block_k``): long K loops measured slow
+    (H100, docs/engine.md §5.3). A split is a whole bitmask word (32 groups) or, when
+    ``max_k / G`` is under 32, an aligned power-of-two part of one."""
 
     block_n: int = 32
-    block_k: int = 64
+    block_k: int = 0  # input columns per step; 0: four groups (4 * G)
     num_warps: int = 4
     num_stages: int = 1
     programs_per_sm: int = 8
-    max_groups: int = 32
+    max_k: int = 512
 
 
 @triton.jit
@@ -99,7 +100,7 @@ def _smallm_kernel(x_ptr, stride_xm, M, K, codes_ptr, scale_ptr, zero_ptr, words
                    UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, BLOCK_M: tl.constexpr,
                    BLOCK_N: tl.constexpr, BLOCK_KG: tl.constexpr, NWB: tl.constexpr, INTERP: tl.constexpr,
                    SPLIT: tl.constexpr):
-    """Rows [pid0*BLOCK_N, +BLOCK_N) over group columns [pid1*CG, +CG); CG is a multiple of 32."""
+    """Rows [pid0*BLOCK_N, +BLOCK_N) over group columns [pid1*CG, +CG); CG is a multiple of 32 or divides it."""
     pid_n = tl.program_id(0)
     kz = tl.program_id(1)
     rows = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -148,15 +149,34 @@ def _store_tile(acc, ms, rows, rows_ok, out_m, y_ptr, stride_ym, bias_ptr, HAS_B
     tl.store(y_ptr + ms[:, None] * stride_ym + rows[None, :], acc.to(y_ptr.dtype.element_ty), mask=out_m)
 
 
+def default_config(group_size: int) -> SmallMConfig:
+    """The tile for G (H100 sweep, docs/engine.md §5.6): four groups per step at every G; groups
+    of 64-128 weights take 64-row tiles and up to 1,024 input columns per program (G = 128,
+    11008x4096, M = 16: 58 -> 44 us), smaller groups 32-row tiles and 512 columns."""
+    return SmallMConfig(block_n=64, max_k=1024) if group_size >= 64 else SmallMConfig()
+
+
 def split_for(n_tiles: int, ng: int, programs: int, max_groups: int = 0) -> tuple[int, int]:
-    """(splits, group columns per split): about ``programs`` programs, each split a whole number
-    of 32-group bitmask words and at most ``max_groups`` columns (0: no cap)."""
-    words = triton.cdiv(ng, 32)
-    split = max(1, min(words, programs // max(1, n_tiles)))
-    cg = triton.cdiv(words, split) * 32
+    """(splits, group columns per split): about ``programs`` programs, each split at most
+    ``max_groups`` columns (0: no cap) and a whole number of units of ``min(32, max_groups)``
+    columns (a 32-group bitmask word or an aligned part of one; ``max_groups`` is a multiple
+    of 32 or a power of two below it)."""
+    unit = min(32, max_groups) if max_groups else 32
+    units = triton.cdiv(ng, unit)
+    split = max(1, min(units, programs // max(1, n_tiles)))
+    cg = triton.cdiv(units, split) * unit
     if max_groups:
         cg = min(cg, max_groups)
     return triton.cdiv(ng, cg), cg
+
+
+def cap_groups(cfg: SmallMConfig, group_size: int, block_kg: int) -> int:
+    """Group columns one program may walk (0: no cap), from ``cfg.max_k``; checks the cap."""
+    if not cfg.max_k:
+        return 0
+    if cfg.max_k & (cfg.max_k - 1):
+        raise ValueError(f"max_k must be a power of two, got {cfg.max_k}")
+    return max(block_kg, cfg.max_k // group_size)
 
 
 def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: KernelPlan,
@@ -165,7 +185,7 @@ def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: K
     if x.dim() != 2 or x.shape[1] != p.in_features or x.shape[0] > MAX_M:
         raise ValueError(f"x must be [M <= {MAX_M}, {p.in_features}], got {tuple(x.shape)}")
     m, k = x.shape
-    cfg = config or SmallMConfig()
+    cfg = config or default_config(p.group_size)
     x = x.contiguous()
     n, g = p.out_features, p.group_size
     ng = k // g
@@ -174,10 +194,9 @@ def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: K
     n_tiles = triton.cdiv(n, block_n)
     if plan.fix_cnt.numel() < n_tiles:
         raise ValueError(f"plan.fix_cnt holds {plan.fix_cnt.numel()} counters, {n_tiles} tiles need one each")
-    block_kg = min(32, max(1, cfg.block_k // g))
-    if cfg.max_groups % 32:
-        raise ValueError(f"max_groups must be a multiple of 32, got {cfg.max_groups}")
-    split, cg = split_for(n_tiles, ng, cfg.programs_per_sm * _num_sms(x.device), cfg.max_groups)
+    block_kg = min(32, max(1, cfg.block_k // g)) if cfg.block_k else 4
+    max_groups = cap_groups(cfg, g, block_kg)
+    split, cg = split_for(n_tiles, ng, cfg.programs_per_sm * _num_sms(x.device), max_groups)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     if y.shape != (m, n) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out must be a contiguous [{m}, {n}] {x.dtype} tensor")
@@ -186,6 +205,6 @@ def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: K
         x, x.stride(0), m, k, p.codes, p.scales, p.zeros, plan.mask_words, plan.mask_prefix, n, ng,
         plan.mask_words.shape[1], bias if bias is not None else y, y, y.stride(0), ws, plan.fix_cnt, cg,
         HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KG=block_kg,
-        NWB=triton.next_power_of_2(cg // 32), INTERP=INTERPRET, SPLIT=split,
+        NWB=triton.next_power_of_2(triton.cdiv(cg, 32)), INTERP=INTERPRET, SPLIT=split,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_layout_meta(p))
     return y

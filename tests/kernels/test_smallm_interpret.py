@@ -18,8 +18,8 @@ from gqsa.kernels.smallm import SmallMConfig, gqs_smallm, split_for  # noqa: E40
 from tests.kernels.cases import CASES, DEVICE, NEEDS_BACKEND, check, poisoned, random_layer  # noqa: E402
 
 BATCHES = (2, 3, 5, 16, 17, 32)
-CONFIGS = (SmallMConfig(), SmallMConfig(block_n=16, block_k=128, programs_per_sm=1, max_groups=0),
-           SmallMConfig(block_n=64, block_k=32, programs_per_sm=64, max_groups=32))
+CONFIGS = (SmallMConfig(), SmallMConfig(block_n=16, block_k=128, programs_per_sm=1, max_k=0),
+           SmallMConfig(block_n=64, block_k=32, programs_per_sm=64, max_k=64))  # splits inside a bitmask word
 
 pytestmark = NEEDS_BACKEND
 
@@ -52,6 +52,20 @@ def test_smallm_split_counters_rearm():
     assert plan.fix_cnt.abs().sum().item() == 0
 
 
+def test_smallm_splits_inside_bitmask_words():
+    """K split into parts of one bitmask word (4 group columns each): each part lands once."""
+    assert split_for(2, 70, 1000, max_groups=4) == (18, 4)
+    assert split_for(2, 70, 4, max_groups=64) == (2, 64)  # few programs: whole words, up to the cap
+    gen = torch.Generator().manual_seed(4)
+    p = random_layer(n=40, ng=70, g=16, bits=4, gen=gen, keep_p=0.4, empty_rows=(3,), full_rows=(5,))
+    plan = build_plan(p, num_programs=3)
+    cfg = SmallMConfig(block_n=16, block_k=32, programs_per_sm=64, max_k=64)
+    for m in (3, 16):
+        x = torch.randn(m, p.in_features, generator=gen).half().to(DEVICE)
+        check(gqs_smallm(x, p, None, plan, cfg, out=poisoned(m, 40, torch.float16)), x, p, None)
+    assert plan.fix_cnt.abs().sum().item() == 0
+
+
 def test_smallm_single_kept_group():
     gen = torch.Generator().manual_seed(9)
     keep = torch.zeros(19, 6, dtype=torch.bool)
@@ -75,5 +89,5 @@ def test_smallm_bad_arguments_raise():
         gqs_smallm(torch.randn(2, 31).half().to(DEVICE), p, None, plan)
     with pytest.raises(ValueError, match="out must be"):
         gqs_smallm(torch.randn(2, 32).half().to(DEVICE), p, None, plan, out=torch.empty(2, 9).half().to(DEVICE))
-    with pytest.raises(ValueError, match="multiple of 32"):
-        gqs_smallm(torch.randn(2, 32).half().to(DEVICE), p, None, plan, SmallMConfig(max_groups=48))
+    with pytest.raises(ValueError, match="power of two"):
+        gqs_smallm(torch.randn(2, 32).half().to(DEVICE), p, None, plan, SmallMConfig(max_k=48))
