@@ -41,7 +41,8 @@ case "$MODE" in
     step kernels 170 python3 -m gqsa.bench.kernels --out "$OUT" --models llama2-7b --batches 1 8 16
     step decode 200 python3 -m gqsa.bench.decode --out "$OUT" --tokens 64 ;;
   full)
-    step kernels 300 python3 -m gqsa.bench.kernels --out "$OUT" --trim --formats 2:16 3:16 8:16 4:8 4:32 4:128
+    step kernels 330 python3 -m gqsa.bench.kernels --out "$OUT" --trim --batches 1 2 4 8 16 32 40 128 \
+      --formats 2:16 3:16 8:16 4:8 4:32 4:64 4:128
     step decode 240 python3 -m gqsa.bench.decode --out "$OUT" ;;
   stages)
     step stages 300 python3 scripts/stages_gpu.py --out "$OUT/stages_gpu.json" ;;

@@ -62,4 +62,5 @@ def test_formats_table_and_parser(capsys):
                                   bytes=4_000_000, floor_us=3.0))
     print_formats(result)
     out = capsys.readouterr().out
-    assert "gqsa_S50_b2g16" in out and "4.0 /    3.0" in out
+    line = next(ln for ln in out.splitlines() if "gqsa_S50_b2g16" in ln)
+    assert line.split() == ["4096x4096", "gqsa_S50_b2g16", "4.00", "3.0", "|", "4.0", "(5.00x)", "|", "-"]

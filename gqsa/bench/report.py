@@ -81,19 +81,26 @@ def print_targets(result: dict) -> None:
                   f"these bytes can beat FP16 by more)")
 
 
-def print_formats(result: dict, batches=(1, 16)) -> None:
-    """Other bit widths / group sizes (``--formats`` records) beside W4 G16, S50, with FP16 and the read floor."""
+def print_formats(result: dict, batches=(1, 16, 40, 128)) -> None:
+    """Other bit widths / group sizes (``--formats`` records) beside W4 G16 at S50: one line per
+    shape and format, microseconds and x FP16 per batch, with the batch-1 read floor."""
     t = times(result)
-    recs = [r for r in result["records"] if "us" in r and re.fullmatch(r"gqsa_S50(_b\d+g\d+)?", r["method"])
-            and r["m"] in batches]
+    recs = [r for r in result["records"] if "us" in r and re.fullmatch(r"gqsa_S50(_b\d+g\d+)?", r["method"])]
     if not any("_b" in r["method"] for r in recs):
         return
-    print("\nformats at S50 (uniform rows), microseconds: gqsa / read floor, x FP16")
-    for r in sorted(recs, key=lambda r: (r["n"], r["k"], r["m"], r["method"])):
-        fp = t.get((r["n"], r["k"], r["m"], "fp16"))
-        fl = r.get("floor_us")
-        print(f"{r['n']:>5}x{r['k']:<6} M={r['m']:<3} {r['method']:<18} {r['us']:7.1f} / {_fmt(fl, '6.1f')}  "
-              f"{_fmt(fp / r['us'] if fp else None, '5.2f')}x  {r['bytes'] / 1e6:6.2f} MB")
+    ms = [m for m in batches if any(r["m"] == m for r in recs)]
+    print("\nformats at S50 (uniform rows): microseconds (x FP16) per batch; floor = batch-1 read floor")
+    print(f"{'shape':<12} {'format':<18} {'MB':>6} {'floor':>6} | " + " | ".join(f"{'M=' + str(m):>14}" for m in ms))
+    shapes = {(r["n"], r["k"]) for r in recs if "_b" in r["method"]}
+    for key in sorted({(r["n"], r["k"], r["method"]) for r in recs if (r["n"], r["k"]) in shapes}):
+        by_m = {r["m"]: r for r in recs if (r["n"], r["k"], r["method"]) == key}
+        any_r = next(iter(by_m.values()))
+        cells = []
+        for m in ms:
+            r, fp = by_m.get(m), t.get((key[0], key[1], m, "fp16"))
+            cells.append(f"{r['us']:7.1f} ({fp / r['us']:4.2f}x)" if r and fp else f"{'-':>14}")
+        print(f"{key[0]:>5}x{key[1]:<6} {key[2]:<18} {any_r['bytes'] / 1e6:6.2f} {_fmt(any_r.get('floor_us'), '6.1f')} | "
+              + " | ".join(cells))
 
 
 def plot_kernels(result: dict, path: str) -> None:

@@ -23,7 +23,7 @@ from gqsa.bench.kernels import layer_copies
 from gqsa.bench.synth import random_packed
 from gqsa.bench.timing import copies_for, time_rotating
 from gqsa.kernels.gemm import GemmConfig, gqs_dense_linear, gqs_gemm
-from gqsa.kernels.gemv import GemvConfig, gqs_gemv
+from gqsa.kernels.gemv import SUB_GROUP, GemvConfig, gqs_gemv
 from gqsa.kernels.plan import build_plan
 from gqsa.kernels.reference import gqs_linear_ref
 from gqsa.kernels.smallm import SmallMConfig, gqs_smallm
@@ -128,10 +128,58 @@ def sweep_smallm(n: int, k: int, m: int) -> list[dict]:
     base = dict(n=n, k=k, m=m, sweep="smallm")
     recs = [dict(base, kind="fp16", us=_fp16_us(n, k, x))]
     for cap in (32, 64, 128, 0):
-        cfg = SmallMConfig(max_groups=cap)
+        cfg = SmallMConfig(max_k=cap * 16)
         us = _timed(lambda q, pl: lambda x: gqs_smallm(x, q, None, pl, cfg), copies, x, p)
         recs.append(dict(base, kind="smallm", cfg=f"cap{cap}", us=us))
     print(" ".join(f"{r.get('cfg', r['kind'])}={r['us']:.1f}" for r in recs), base, flush=True)
+    return recs
+
+
+FORMAT_SHAPES = [(11008, 4096), (4096, 11008)]
+SMALLM_FORMAT_CONFIGS = [(32, 2, 512), (32, 4, 512), (32, 4, 1024), (32, 4, 2048), (32, 8, 1024),
+                         (16, 4, 1024), (64, 4, 1024), (32, 4, 0)]  # block_n, groups per step, max_k
+
+
+def gemv_candidates(g: int, row_len: int) -> list[GemvConfig]:
+    """Decode tiles to try for group size g (lanes of sub-groups): 2048-8192 weights per step, whole
+    rows or parts of them, and the 32-lane tile."""
+    sg = min(g, SUB_GROUP)
+    out = []
+    for weights in (2048, 4096, 8192):
+        lanes = max(4, weights // sg)
+        top = min(lanes, triton.next_power_of_2(row_len * g // sg))
+        for block_g in sorted({top, max(1, top // 2)}):
+            for warps in ((4, 8) if weights >= 8192 else (4,)):
+                out.append(GemvConfig(lanes // block_g, block_g, warps))
+        if top > 32:
+            out.append(GemvConfig(lanes // 32, 32, 4))
+    return list(dict.fromkeys(out))
+
+
+def sweep_format(n: int, k: int, g: int, bits: int) -> list[dict]:
+    """One format on one shape at S50: decode tiles at batch 1, small-batch tiles at batch 16."""
+    p = random_packed(n, k, g, bits, 0.5, "uniform", DEVICE, 0)
+    copies = layer_copies(p)
+    base = dict(n=n, k=k, g=g, bits=bits, bytes=p.nbytes(), sweep="format")
+    x1 = torch.randn(1, k, device=DEVICE, dtype=torch.float16)
+    recs = [dict(base, m=1, kind="gemv", cfg="default",
+                 us=_timed(lambda q, pl: lambda x: gqs_gemv(x, q, None, pl, "rows"), copies, x1, p))]
+    for cfg in gemv_candidates(g, p.nnz // n):
+        us = _timed(lambda q, pl: lambda x: gqs_gemv(x, q, None, pl, "rows", config=cfg), copies, x1, p)
+        recs.append(dict(base, m=1, kind="gemv", cfg=f"r{cfg.block_r}g{cfg.block_g}w{cfg.num_warps}", us=us))
+    x16 = torch.randn(16, k, device=DEVICE, dtype=torch.float16)
+    for bn, kg, mk in SMALLM_FORMAT_CONFIGS:
+        bk = kg * g
+        if mk and mk < bk:
+            continue
+        cfg = SmallMConfig(block_n=bn, block_k=bk, max_k=mk)
+        us = _timed(lambda q, pl: lambda x: gqs_smallm(x, q, None, pl, cfg), copies, x16, p)
+        recs.append(dict(base, m=16, kind="smallm", cfg=f"n{bn}k{bk}mk{mk}", us=us))
+    for m in (1, 16):
+        rs = [r for r in recs if r["m"] == m]
+        best = min(rs, key=lambda r: r["us"])
+        print(f"{n}x{k} b{bits}g{g} M={m}: best {best['cfg']}={best['us']:.1f} | "
+              + " ".join(f"{r['cfg']}={r['us']:.1f}" for r in rs), flush=True)
     return recs
 
 
@@ -169,10 +217,20 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="only the small-batch kernel's cap on group columns per program, batch 8 and 16")
     ap.add_argument("--decode-only", action="store_true",
                     help="only the rows-schedule tiles at batch 1 and 2 on every shape and pattern")
+    ap.add_argument("--formats", nargs="*", metavar="BITS:G",
+                    help="only the decode (batch 1) and small-batch (batch 16) tiles of these formats")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     recs = []
+    if args.formats:
+        for spec in args.formats:
+            bits, g = (int(v) for v in spec.split(":"))
+            for n, k in FORMAT_SHAPES:
+                recs += sweep_format(n, k, g, bits)
+                with open(os.path.join(args.out, "tune_formats.json"), "w") as f:
+                    json.dump(recs, f)
+        return recs
     if args.smallm:
         for n, k in SMALLM_SHAPES:
             for m in (8, 16):
