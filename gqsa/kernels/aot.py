@@ -20,15 +20,19 @@ from typing import Callable
 CAPABILITY = 90  # H100
 
 
-def compile_kernel(fn, pointers: dict[str, str], consts: dict, num_warps: int = 4, num_stages: int = 3):
+def compile_kernel(fn, pointers: dict[str, str], consts: dict, num_warps: int = 4, num_stages: int = 3,
+                   aligned: tuple[str, ...] = ()):
     """Compile the jit function ``fn`` for sm_90: ``pointers`` name -> Triton pointer type
-    (other runtime arguments are i32), ``consts`` name -> constexpr value."""
+    (other runtime arguments are i32), ``consts`` name -> constexpr value; ``aligned`` names the
+    arguments to treat as multiples of 16, as the JIT does for aligned tensors and such ints
+    (it decides the width of vector loads)."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
     names = fn.arg_names
     sig = {n: "constexpr" if n in consts else pointers.get(n, "i32") for n in names}
-    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()})
+    attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
+    src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()}, attrs=attrs)
     return triton.compile(src, target=GPUTarget("cuda", CAPABILITY, 32),
                           options=dict(num_warps=num_warps, num_stages=num_stages))
 

@@ -26,3 +26,23 @@ def test_all_kernels_compile_for_sm90(tmp_path):
                          timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "0 of " in run.stdout and run.stdout.count("\nok ") + run.stdout.startswith("ok ") >= 20
+
+
+NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bin", "nvdisasm")
+
+
+@pytest.mark.skipif(not (os.path.exists(PTXAS) and os.path.exists(NVDISASM)), reason="no ptxas/nvdisasm")
+def test_decode_kernel_loads_whole_lanes_per_thread(tmp_path):
+    """The batch-1 decode kernel as the JIT specialises it (4 steps of 16-weight lanes per thread):
+    per lane and step one 64-bit load of the codes and two 128-bit loads of activations, one
+    int-to-float conversion per weight, and cross-thread traffic only for the final row sum
+    (5 shuffles over 32 lanes, one shared-memory round trip to store) (docs/engine.md §5.7)."""
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_CACHE_DIR"] = str(tmp_path)
+    code = ("from gqsa.kernels.sass import decode_mix; ops, n = decode_mix(); "
+            "print(n, ops['LDG.E.64'], ops['LDG.E.128'], ops['I2FP'], ops['SHFL'], ops['LDS.U16'], ops['BAR'])")
+    run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-3000:]
+    weights, ldg64, ldg128, i2f, shfl, lds, bar = (int(v) for v in run.stdout.split())
+    assert (ldg64, ldg128, i2f) == (weights // 16, weights // 8, weights)
+    assert shfl <= 5 and lds <= 1 and bar <= 1
