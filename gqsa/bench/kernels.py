@@ -39,6 +39,7 @@ from typing import Callable
 
 import torch
 import torch.nn.functional as F
+from triton.errors import TritonError
 
 from gqsa.bench import report
 from gqsa.bench.floor import read_floor_us
@@ -189,7 +190,12 @@ def bench_gqsa(n: int, k: int, s: float, pattern: str, xs: dict, seed: int, deta
         variants = gqsa_variants(sched, m, detail and pattern == "uniform")
         for suffix, make in variants.items():
             fns = [make(q, pl) for q, pl in copies]
-            us, graph = time_rotating([lambda f=f: f(x) for f in fns])
+            try:
+                us, graph = time_rotating([lambda f=f: f(x) for f in fns])
+            except (RuntimeError, ValueError, TritonError) as e:  # e.g. a tile over the shared memory: report, go on
+                print(f"FAILED {name + suffix} {n}x{k} M={m}: {type(e).__name__}: {str(e)[:200]}", flush=True)
+                recs.append(dict(n=n, k=k, m=m, method=name + suffix, error=str(e)[:200]))
+                continue
             recs.append(dict(n=n, k=k, m=m, method=name + suffix, us=us, graph=graph, bytes=p.nbytes(), nnz=p.nnz,
                              schedule=sched, floor_us=floor_us))
     del copies, p

@@ -18,6 +18,7 @@ import time
 from typing import Callable
 
 CAPABILITY = 90  # H100
+SMEM_LIMIT = 232448  # bytes of shared memory one H100 block may use
 
 
 def compile_kernel(fn, pointers: dict[str, str], consts: dict, num_warps: int = 4, num_stages: int = 3,
@@ -33,8 +34,11 @@ def compile_kernel(fn, pointers: dict[str, str], consts: dict, num_warps: int = 
     sig = {n: "constexpr" if n in consts else pointers.get(n, "i32") for n in names}
     attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in aligned}
     src = ASTSource(fn, sig, constexprs={(names.index(k),): v for k, v in consts.items()}, attrs=attrs)
-    return triton.compile(src, target=GPUTarget("cuda", CAPABILITY, 32),
-                          options=dict(num_warps=num_warps, num_stages=num_stages))
+    kernel = triton.compile(src, target=GPUTarget("cuda", CAPABILITY, 32),
+                            options=dict(num_warps=num_warps, num_stages=num_stages))
+    if kernel.metadata.shared > SMEM_LIMIT:  # the launch would fail with OutOfResources
+        raise ValueError(f"needs {kernel.metadata.shared} B of shared memory, sm_{CAPABILITY} has {SMEM_LIMIT}")
+    return kernel
 
 
 def _layout(g: int, bits: int) -> dict:
@@ -57,7 +61,8 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
     """(name, compile thunk) for each kernel at the constants its wrapper launches with."""
     from gqsa.bench.floor import _read_kernel
     from gqsa.bench.sparse24 import _gemv24_kernel
-    from gqsa.kernels.gemm import _dequant_kernel, _gemm_kernel
+    from gqsa.kernels.dispatch import gemm_config
+    from gqsa.kernels.gemm import _dequant_kernel, _gemm_kernel, gemm_block_kg
     from gqsa.kernels.gemv import _gemv_rows_kernel, _gemv_tasks_kernel, decode_layout, default_config
     from gqsa.kernels.smallm import _smallm_kernel
     out = []
@@ -80,9 +85,11 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
                      INTERP=False, SPLIT=(8, 1, 3, 2, 1)[i], **lay)
         out.append((f"smallm G{g} b{bits} {dt}", lambda small=small, dt=dt:
                     compile_kernel(_smallm_kernel, _act(dt), small, num_stages=1)))
-        gemm = dict(HAS_BIAS=True, SPLIT=i % 2 == 0, BLOCK_M=16, BLOCK_N=64, BLOCK_KG=max(1, 64 // g),
-                    INTERP=False, **lay)
-        out.append((f"gemm G{g} b{bits} {dt}", lambda gemm=gemm, dt=dt: compile_kernel(_gemm_kernel, _act(dt), gemm)))
+        gcfg = gemm_config((17, 40)[i % 2])  # the dispatcher's tiles, at its stages
+        gemm = dict(HAS_BIAS=True, SPLIT=i % 2 == 0, BLOCK_M=gcfg.block_m, BLOCK_N=gcfg.block_n,
+                    BLOCK_KG=gemm_block_kg(gcfg, g), INTERP=False, **lay)
+        out.append((f"gemm G{g} b{bits} {dt}", lambda gemm=gemm, dt=dt, gcfg=gcfg: compile_kernel(
+            _gemm_kernel, _act(dt), gemm, gcfg.num_warps, gcfg.num_stages)))
         deq = dict(BLOCK_N=32, BLOCK_KG=max(1, 128 // g), **lay)
         out.append((f"dequant G{g} b{bits} {dt}", lambda deq=deq, dt=dt:
                     compile_kernel(_dequant_kernel, _act(dt), deq)))

@@ -41,7 +41,7 @@ class GemmConfig:
 
     block_m: int = 64
     block_n: int = 128
-    block_k: int = 0  # input columns per step; 0: four groups (4 * G), as in the small-batch kernel
+    block_k: int = 0  # input columns per step; 0: see gemm_block_kg
     num_warps: int = 4
     num_stages: int = 3
     split_k: int = 0  # 0: enough splits of K for ~4 programs per multiprocessor
@@ -191,6 +191,15 @@ def split_k_for(n_tiles: int, steps: int, programs: int) -> int:
     return max(1, min(steps // 2, programs // max(1, n_tiles)))
 
 
+def gemm_block_kg(cfg: GemmConfig, group_size: int) -> int:
+    """Groups per K step: ``cfg.block_k / G``, or by default four groups (as the small-batch
+    kernel, whose H100 sweep found four fastest at every G) but at most 128 input columns,
+    so that three pipeline stages of a 64 x 128 tile fit in an H100's shared memory."""
+    if cfg.block_k:
+        return min(32, max(1, cfg.block_k // group_size))
+    return max(1, min(4, 128 // group_size))
+
+
 def gqs_gemm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: KernelPlan,
              config: GemmConfig | None = None, out: torch.Tensor | None = None) -> torch.Tensor:
     """Sparse GEMM on the tensor cores; x [M, K] fp16/bf16, y [M, N] (or into ``out``).
@@ -202,7 +211,7 @@ def gqs_gemm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: Ker
     cfg = config or GemmConfig()
     x = x.contiguous()
     m, n, k, g = x.shape[0], p.out_features, p.in_features, p.group_size
-    ng, block_kg = k // g, min(32, max(1, cfg.block_k // g)) if cfg.block_k else 4
+    ng, block_kg = k // g, gemm_block_kg(cfg, g)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     if y.shape != (m, n) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out must be a contiguous [{m}, {n}] {x.dtype} tensor")

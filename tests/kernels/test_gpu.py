@@ -81,6 +81,16 @@ def test_decode_other_formats(bits, g):
         _check(gqs_gemv(x, p, None, plan, schedule), x, p)
 
 
+@pytest.mark.parametrize("bits,g", [(2, 16), (3, 16), (8, 16), (4, 8), (4, 32), (4, 64), (4, 128)])
+def test_dispatch_other_formats(bits, g):
+    """Every path the dispatcher takes (decode, small-batch, split-K GEMM, dense) at each benchmarked format."""
+    from gqsa.kernels import ops
+    p, plan = _layer(4096, 4096, 0.5, "uniform", g, bits)
+    for m in (1, 8, 40, 128):
+        x = torch.randn(m, 4096, device="cuda", dtype=torch.float16)
+        _check(ops.run(x, p, None, plan, "rows"), x, p)
+
+
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 @pytest.mark.parametrize("m", [17, 32, 300, 1024])
 def test_prefill_paths(m, dtype):
