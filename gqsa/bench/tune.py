@@ -39,7 +39,7 @@ GEMV_CONFIGS = {  # (block_r, block_g, num_warps[, evict]) per batch tile; 1 to 
 }
 PROGRAMS_PER_SM = (8, 16, 32)
 GEMM_CONFIGS = [(16, 64, 64, 4, 3), (16, 128, 64, 4, 3), (32, 64, 64, 4, 3), (64, 128, 64, 4, 3)]
-SMALL_M = (2, 4, 8, 16, 32, 64, 128)
+SMALL_M = (2, 4, 8, 16, 32, 33, 40, 47, 64, 128)
 DEVICE = "cuda"
 
 
@@ -104,6 +104,8 @@ def sweep_small_m(n: int, k: int) -> list[dict]:
         if m <= 32:
             us = _timed(lambda q, pl: lambda x: gqs_gemv(x, q, None, pl), copies, x, p)
             recs.append(dict(base, kind="gemv", us=us))
+            us = _timed(lambda q, pl: lambda x: gqs_smallm(x, q, None, pl), copies, x, p)
+            recs.append(dict(base, kind="smallm", us=us))
         recs.append(dict(base, kind="dense", us=_timed(lambda q, pl: lambda x: gqs_dense_linear(x, q, None, pl),
                                                      copies, x, p)))
         for c in GEMM_CONFIGS:
@@ -202,7 +204,8 @@ def summarize(recs: list[dict]) -> None:
         rs = [r for r in recs if r.get("sweep") == "small_m" and (r["n"], r["k"], r["m"]) == key]
         by = {r["kind"]: r for r in rs if r["kind"] != "gemm"}
         g = min((r for r in rs if r["kind"] == "gemm"), key=lambda r: r["us"])
-        gv = f"gemv {by['gemv']['us']:7.1f}" if "gemv" in by else " " * 12
+        gv = (f"gemv {by['gemv']['us']:7.1f}  smallm {by['smallm']['us']:7.1f}" if "gemv" in by
+              else " " * 27)
         print(f"{key[0]}x{key[1]} M={key[2]:<5} fp16 {by['fp16']['us']:7.1f}  {gv}  dense {by['dense']['us']:7.1f}"
               f"  gemm {g['us']:7.1f} ({g['cfg']}) | " + " ".join(f"{r['cfg']}={r['us']:.1f}" for r in rs
                                                                    if r["kind"] == "gemm"))
@@ -217,12 +220,21 @@ def main(argv: list[str] | None = None) -> list[dict]:
                     help="only the small-batch kernel's cap on group columns per program, batch 8 and 16")
     ap.add_argument("--decode-only", action="store_true",
                     help="only the rows-schedule tiles at batch 1 and 2 on every shape and pattern")
+    ap.add_argument("--small-m", action="store_true",
+                    help="only the small-M crossover (decode, small-batch, split-K GEMM, dense, FP16) on every shape")
     ap.add_argument("--formats", nargs="*", metavar="BITS:G",
                     help="only the decode (batch 1) and small-batch (batch 16) tiles of these formats")
     args = ap.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     recs = []
+    if args.small_m:
+        for n, k in SHAPES:
+            recs += sweep_small_m(n, k)
+        with open(os.path.join(args.out, "tune_small_m.json"), "w") as f:
+            json.dump(recs, f)
+        summarize(recs)
+        return recs
     if args.formats:
         for spec in args.formats:
             bits, g = (int(v) for v in spec.split(":"))

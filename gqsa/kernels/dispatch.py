@@ -9,8 +9,8 @@ Rules (the measurements behind each number are in docs/engine.md):
   :func:`choose_schedule`);
 * M <= ``SMALLM_MAX_BATCH``: the small-batch tensor-core kernel
   (:mod:`gqsa.kernels.smallm`);
-* M < ``DENSE_MIN_BATCH``: the split-K Triton sparse GEMM (:mod:`gqsa.kernels.gemm`),
-  tile by :func:`gemm_config`;
+* M < ``DENSE_MIN_BATCH`` on layers of at least ``GEMM_MIN_WEIGHTS`` weights: the split-K
+  Triton sparse GEMM (:mod:`gqsa.kernels.gemm`), tile by :func:`gemm_config`;
 * larger M: dequantize to a dense weight, then cuBLAS.
 """
 
@@ -26,6 +26,8 @@ GEMV_MAX_BATCH = 2  # decode kernel up to here (H100, 4096^2 S50: 11.0 us at M=2
 SMALLM_MAX_BATCH = 32  # small-batch kernel up to here (H100, 4096^2 S50: 15.1 us at M=4 vs 17.6 decode,
 # 22.1 at M=32 vs 28.5 split-K GEMM; docs/engine.md)
 DENSE_MIN_BATCH = 48  # from here dequantize + cuBLAS beats the Triton GEMM (H100, M=64: 26 vs 45 us)
+GEMM_MIN_WEIGHTS = 1 << 25  # below DENSE_MIN_BATCH the GEMM only wins on layers this large (H100, M=40:
+# 11008x4096 73 vs 85 us dense, 4096x11008 73 vs 87; 4096x4096 43 vs 26 dense; docs/engine.md §5.8)
 TASKS_MIN_SKEW = 8.0  # longest/mean row above which to try the task schedule; it lost every H100 case
 # measured (max/mean <= 2 at S50), so this only fires for extreme tails at high sparsity
 
@@ -38,6 +40,11 @@ def gemm_config(m: int):
     if m <= 32:
         return GemmConfig(block_m=32, block_n=64, num_warps=4, num_stages=3)
     return GemmConfig(block_m=64, block_n=128, num_warps=4, num_stages=3)
+
+
+def use_gemm(m: int, n: int, k: int) -> bool:
+    """Whether M rows past the small-batch kernel take the Triton GEMM rather than dequantize + cuBLAS."""
+    return SMALLM_MAX_BATCH < m < DENSE_MIN_BATCH and n * k >= GEMM_MIN_WEIGHTS
 
 
 def choose_schedule(row_ptr: torch.Tensor) -> str:

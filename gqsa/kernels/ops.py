@@ -57,7 +57,7 @@ def run(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: KernelPl
         return torch.nn.functional.linear(x, dequantize(p, x.dtype), bias)
     if m <= dispatch.SMALLM_MAX_BATCH:
         return gqs_smallm(x, p, bias, plan)
-    if m < dispatch.DENSE_MIN_BATCH:
+    if dispatch.use_gemm(m, p.out_features, p.in_features):
         return gqs_gemm(x, p, bias, plan, dispatch.gemm_config(m))
     return gqs_dense_linear(x, p, bias, plan)
 
