@@ -1,11 +1,7 @@
-"""The lazy-batch OBS column sweep shared by GPTQ and SparseGPT.
+"""The targets of GPTQ's and SparseGPT's OBS column sweep (:mod:`gqsa.solver.sweep`).
 
-Columns of W [N, K] are processed left to right. Each column is replaced by its target
-(pruned to 0 where the mask says so, then rounded to its group's grid when quantizing), and
-its error is spread over the columns not yet processed through the upper Cholesky factor
-U of H^-1: ``W[:, j] -= (w_i - q_i) / U_ii * U_ij`` for j > i (GPTQ eq. 2-4, alg. 1).
-Updates inside a block of ``block_size`` columns are applied at once to the rest of the
-matrix ("lazy batch", GPTQ sec. 4 step 2).
+Each column is replaced by its target: pruned to 0 where the mask says so, then rounded to
+its group's grid when quantizing; the sweep spreads the error over the later columns.
 
 Masks (SparseGPT, Frantar & Alistarh 2023, sec. 3.3 and alg. 1):
 
@@ -27,12 +23,13 @@ from gqsa.baselines.config import BaselineConfig
 from gqsa.baselines.masks import block_keep, nm_keep
 from gqsa.solver.prune_quant import LayerResult
 from gqsa.solver.quant import dequantize_codes, group_params, quantize
+from gqsa.solver.sweep import lazy_obs_sweep
 
 Static = tuple[torch.Tensor, torch.Tensor, torch.Tensor]
 
 
 def obs_sweep(W: torch.Tensor, U: torch.Tensor, cfg: BaselineConfig, static: Static | None = None) -> LayerResult:
-    """Prune and/or quantize W with OBS error compensation.
+    """Prune and/or quantize W with OBS error compensation (:func:`gqsa.solver.sweep.lazy_obs_sweep`).
 
     Args:
         W: [N, K] float32 in processing order (not modified).
@@ -46,7 +43,6 @@ def obs_sweep(W: torch.Tensor, U: torch.Tensor, cfg: BaselineConfig, static: Sta
         LayerResult with codes [N, K] (0 where pruned), scales/zeros [N, ceil(K/G)] (empty
         when ``cfg.bits == 16``), keep [N, K] bool (per weight) and the weight [N, K].
     """
-    W = W.clone().float()
     n, k = W.shape
     ng = -(-k // cfg.group_size)
     if static is None:
@@ -54,28 +50,25 @@ def obs_sweep(W: torch.Tensor, U: torch.Tensor, cfg: BaselineConfig, static: Sta
         scales, zeros = torch.ones(n, ng, device=W.device), torch.zeros(n, ng, device=W.device)
     else:
         groups, scales, zeros = static[0], static[1].clone(), static[2].clone()
-    keep = torch.ones_like(W, dtype=torch.bool)
-    codes, Q = torch.zeros_like(W), torch.zeros_like(W)
-    for i1 in range(0, k, cfg.block_size):
-        i2 = min(i1 + cfg.block_size, k)
-        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
-        d = torch.diag(U1)
+    keep = torch.ones(n, k, dtype=torch.bool, device=W.device)
+    codes, Q = torch.zeros(n, k, device=W.device), torch.zeros(n, k, device=W.device)
+
+    def block(i1: int, i2: int, W1: torch.Tensor, U1: torch.Tensor) -> None:
         if cfg.pattern == "unstructured":
-            keep[:, i1:i2] = block_keep(W1.pow(2) / d.pow(2), cfg.sparsity)
-        Err1 = torch.zeros_like(W1)
-        for i in range(i2 - i1):
-            col = i1 + i
-            if cfg.nm and i % cfg.nm[1] == 0:
-                m = cfg.nm[1]
-                keep[:, col:col + m] = nm_keep(W1[:, i:i + m].pow(2) / d[i:i + m].pow(2), *cfg.nm)
-            if cfg.quantized and static is None and col % cfg.group_size == 0:
-                g = col // cfg.group_size
-                scales[:, g], zeros[:, g] = group_params(W1[:, i:i + cfg.group_size], cfg.bits, cfg.sym, False)
-            w = W1[:, i]
-            Q[:, col], codes[:, col] = _target(w, keep[:, col], scales[:, groups[col]], zeros[:, groups[col]], cfg)
-            Err1[:, i] = (w - Q[:, col]) / d[i]
-            W1[:, i:] -= Err1[:, i:i + 1] * U1[i:i + 1, i:]
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+            keep[:, i1:i2] = block_keep(W1.pow(2) / torch.diag(U1).pow(2), cfg.sparsity)
+
+    def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
+        if cfg.nm and i % cfg.nm[1] == 0:
+            w = W1[:, i:i + cfg.nm[1]]  # M columns, fewer at the end of a block
+            d = torch.diag(U[col:col + w.shape[1], col:col + w.shape[1]])
+            keep[:, col:col + w.shape[1]] = nm_keep(w.pow(2) / d.pow(2), *cfg.nm)
+        if cfg.quantized and static is None and col % cfg.group_size == 0:
+            g = col // cfg.group_size
+            scales[:, g], zeros[:, g] = group_params(W1[:, i:i + cfg.group_size], cfg.bits, cfg.sym, False)
+        Q[:, col], codes[:, col] = _target(W1[:, i], keep[:, col], scales[:, groups[col]], zeros[:, groups[col]], cfg)
+        return Q[:, col]
+
+    lazy_obs_sweep(W, U, cfg.block_size, column, block)
     if not cfg.quantized:
         scales, zeros = torch.empty(0), torch.empty(0)
     return LayerResult(codes, scales, zeros, keep, Q)

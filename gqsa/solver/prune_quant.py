@@ -1,11 +1,9 @@
 """The joint group-prune + group-quantize update (SparseGPT/GPTQ style, GQSA sec. 3).
 
-Columns are processed left to right. At the first column of each group the group's
-scale/zero are fixed from the (already updated) weights of that group. Each column is
-then quantized (kept groups) or set to zero (pruned groups), and its error is spread over
-the columns not yet processed through the upper Cholesky factor U of H^-1:
-``W[:, j] -= (w_i - w^_i) / U_ii * U_ij`` for j > i (GPTQ eq. 2-3; SparseGPT sec. 3.2).
-Columns are handled in lazy blocks of ``block_size`` to keep the updates matrix-shaped.
+The column targets of the OBS sweep (:mod:`gqsa.solver.sweep`, which spreads each
+column's error over the later ones): at the first column of each group the group's
+scale/zero are fixed from the (already updated) weights of that group; each column is
+then quantized (kept groups) or set to zero (pruned groups).
 """
 
 from __future__ import annotations
@@ -16,6 +14,7 @@ import torch
 
 from gqsa.solver.quant import dequantize_codes, group_params, quantize, rtn_quantize
 from gqsa.solver.saliency import obs_group_scores
+from gqsa.solver.sweep import lazy_obs_sweep
 
 
 @dataclass
@@ -44,44 +43,37 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, 
             OBS group score on the already-updated weights (:func:`adaptive_block_keep`).
     Returns a :class:`LayerResult`.
     """
-    W = W.clone().float()
     n, k = W.shape
     ng = k // group_size
     adaptive = keep is None
     if adaptive:
         keep = torch.zeros(n, ng, dtype=torch.bool, device=W.device)
     keep_cols = keep.repeat_interleave(group_size, dim=1)
-    codes = torch.zeros_like(W)
-    out = torch.zeros_like(W)
+    codes = torch.zeros(n, k, device=W.device)
+    out = torch.zeros(n, k, device=W.device)
     scales = torch.ones(n, ng, device=W.device)
     zeros = torch.zeros(n, ng, device=W.device)
-    for i1 in range(0, k, block_size):
-        i2 = min(i1 + block_size, k)
-        W1, U1 = W[:, i1:i2].clone(), U[i1:i2, i1:i2]
-        Err1 = torch.zeros_like(W1)
+
+    def block(i1: int, i2: int, W1: torch.Tensor, U1: torch.Tensor) -> None:
         if adaptive:
             g1, g2 = i1 // group_size, i2 // group_size
             pruned = int(round(sparsity * g2)) - int(round(sparsity * g1))  # exact row total over blocks
             blk = adaptive_block_keep(W1, U1, group_size, (g2 - g1) - pruned)
-            keep[:, i1 // group_size:i2 // group_size] = blk
+            keep[:, g1:g2] = blk
             keep_cols[:, i1:i2] = blk.repeat_interleave(group_size, dim=1)
-        for i in range(i2 - i1):
-            col = i1 + i
-            if col % group_size == 0:
-                g = col // group_size
-                scales[:, g], zeros[:, g] = group_params(W1[:, i:i + group_size], bits, sym, clip_search)
-            g = col // group_size
-            w = W1[:, i]
-            q = quantize(w.unsqueeze(1), scales[:, g], zeros[:, g], bits).squeeze(1)
-            dq = dequantize_codes(q.unsqueeze(1), scales[:, g], zeros[:, g]).squeeze(1)
-            kept = keep_cols[:, col]
-            dq = torch.where(kept, dq, torch.zeros_like(dq))
-            codes[:, col] = torch.where(kept, q, torch.zeros_like(q))
-            out[:, col] = dq
-            err = (w - dq) / U1[i, i]
-            W1[:, i:] -= err.unsqueeze(1) * U1[i, i:].unsqueeze(0)
-            Err1[:, i] = err
-        W[:, i2:] -= Err1 @ U[i1:i2, i2:]
+
+    def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
+        g = col // group_size
+        if col % group_size == 0:
+            scales[:, g], zeros[:, g] = group_params(W1[:, i:i + group_size], bits, sym, clip_search)
+        q = quantize(W1[:, i:i + 1], scales[:, g], zeros[:, g], bits).squeeze(1)
+        dq = dequantize_codes(q.unsqueeze(1), scales[:, g], zeros[:, g]).squeeze(1)
+        kept = keep_cols[:, col]
+        codes[:, col] = torch.where(kept, q, torch.zeros_like(q))
+        out[:, col] = torch.where(kept, dq, torch.zeros_like(dq))
+        return out[:, col]
+
+    lazy_obs_sweep(W, U, block_size, column, block)
     return LayerResult(codes, scales, zeros, keep, out)
 
 
