@@ -27,7 +27,8 @@ texts are not comparable with published WikiText-2 or C4 figures.
 Hub (need the ``datasets`` package and a reachable model hub; the role picks the split):
 ``wikitext2`` (wikitext-2-raw-v1, test / train) and ``c4`` (allenai/c4 en, validation shard 0 /
 train shard 0), as in the GPTQ and SparseGPT code (C4 evaluation: the shard's first 1,100
-documents).
+documents; C4 calibration: windows from a seeded random subset of the shard's documents, as
+GPTQ samples random documents, rather than the whole 800 MB shard tokenized).
 
 Local paths: a ``.txt`` file (one document), a folder of ``.txt`` files (one document each,
 sorted by name) or a ``.jsonl`` file (one document per line, in the field ``text``).
@@ -85,6 +86,9 @@ def load_texts(source: str, split_role: str = "eval") -> list[str]:
     )
 
 
+MIN_CALIBRATION_CHARS = 4_000_000  # a corpus larger than this is subsampled before tokenizing
+
+
 def calibration_windows(
     tokenizer, texts: list[str], nsamples: int, seqlen: int, seed: int = 0
 ) -> torch.Tensor:
@@ -92,13 +96,17 @@ def calibration_windows(
 
     Window starts are drawn uniformly from ``[0, T - seqlen - 1]`` (T: tokens of the joined
     text) with a local ``torch.Generator`` seeded by ``seed``, as GPTQ samples WikiText-2.
+    A large corpus (C4's training shard is ~800 MB of text) is first cut to a seeded random
+    subset of whole documents (:func:`sample_documents`), so that only what the windows can
+    use is tokenized; texts up to :data:`MIN_CALIBRATION_CHARS` are used whole.
 
     Returns:
         ``[nsamples, seqlen]`` int64 token ids (windows may overlap).
     """
     if nsamples < 1 or seqlen < 1:
         raise ValueError(f"nsamples and seqlen must be >= 1, got {nsamples} and {seqlen}")
-    ids = eval_tokens(tokenizer, texts)[0]
+    budget = max(MIN_CALIBRATION_CHARS, 64 * nsamples * seqlen)  # generous: ~4 chars per token
+    ids = eval_tokens(tokenizer, sample_documents(texts, budget, seed))[0]
     if ids.numel() < seqlen + 1:
         raise ValueError(
             f"calibration text has {ids.numel()} tokens, need at least seqlen + 1 = {seqlen + 1}"
@@ -107,6 +115,22 @@ def calibration_windows(
     starts = torch.randint(0, ids.numel() - seqlen, (nsamples,), generator=generator)
     offsets = starts[:, None] + torch.arange(seqlen)[None, :]
     return ids[offsets]
+
+
+def sample_documents(texts: list[str], max_chars: int, seed: int = 0) -> list[str]:
+    """``texts`` unchanged if they hold at most ``max_chars`` characters in all; else whole
+    documents drawn in a seeded random order until ``max_chars`` is reached, kept in their
+    original order."""
+    if sum(len(t) for t in texts) <= max_chars:
+        return texts
+    order = torch.randperm(len(texts), generator=torch.Generator().manual_seed(seed)).tolist()
+    chosen, total = [], 0
+    for i in order:
+        chosen.append(i)
+        total += len(texts[i])
+        if total >= max_chars:
+            break
+    return [texts[i] for i in sorted(chosen)]
 
 
 def eval_tokens(tokenizer, texts: list[str]) -> torch.Tensor:

@@ -138,3 +138,13 @@ def test_real_calibration_text_shares_no_passage_with_eval_texts():
         texts = data.load_texts(name)
         assert len(texts) > 300
         assert not calibration & set(texts), name
+
+
+def test_sample_documents_keeps_small_corpora_and_cuts_large_ones():
+    docs = [f"doc{i} " * (i + 1) for i in range(200)]
+    assert data.sample_documents(docs, 10**9) is docs
+    cut = data.sample_documents(docs, 5_000, seed=1)
+    total = sum(map(len, cut))
+    assert 5_000 <= total < 5_000 + max(map(len, docs))  # whole documents, stopping at the budget
+    assert cut == sorted(cut, key=docs.index)  # original order
+    assert cut == data.sample_documents(docs, 5_000, seed=1) != data.sample_documents(docs, 5_000, seed=2)
