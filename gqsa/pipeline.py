@@ -83,12 +83,14 @@ class CompressReport:
 def capture_block_inputs(model: nn.Module, first_block: nn.Module, calib: torch.Tensor,
                          device: torch.device, batch_size: int) -> tuple[torch.Tensor, dict]:
     """Hidden states [n, L, d] entering the first block, and the keyword arguments the
-    model passes to every block (attention mask, rotary embeddings, ...)."""
+    model passes to every block (attention mask, rotary embeddings, ...), as captured from
+    the first batch of ``batch_size`` sequences."""
     hidden, kwargs = [], {}
 
     def hook(_module, args, kw):
         hidden.append((args[0] if args else kw["hidden_states"]).detach())
-        kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
+        if not kwargs:  # the first batch's; fit_batch adapts batch-sized tensors to other batches
+            kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
         raise _Captured
 
     handle = first_block.register_forward_pre_hook(hook, with_kwargs=True)
@@ -106,12 +108,27 @@ def capture_block_inputs(model: nn.Module, first_block: nn.Module, calib: torch.
     return torch.cat(hidden), kwargs
 
 
+def fit_batch(value: Any, b: int) -> Any:
+    """Block kwargs for a batch of ``b`` sequences: every tensor whose first dimension is
+    neither 1 nor ``b`` (captured from a batch of another size) cut to its first row, which
+    broadcasts; dicts, lists and tuples recursively. Calibration windows are unpadded, so the
+    rows of a captured mask or position tensor are all the same."""
+    if isinstance(value, torch.Tensor):
+        return value[:1] if value.dim() and value.shape[0] not in (1, b) else value
+    if isinstance(value, dict):
+        return {k: fit_batch(v, b) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(fit_batch(v, b) for v in value)
+    return value
+
+
 @torch.no_grad()
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size: int) -> torch.Tensor:
     """Block outputs [n, L, d] for inputs [n, L, d], in batches."""
     outs = []
     for i in range(0, hidden.shape[0], batch_size):
-        out = block(hidden[i:i + batch_size], **kwargs)
+        chunk = hidden[i:i + batch_size]
+        out = block(chunk, **fit_batch(kwargs, chunk.shape[0]))
         outs.append(out[0] if isinstance(out, tuple) else out)
     return torch.cat(outs)
 

@@ -80,3 +80,21 @@ def test_group_size_that_does_not_divide_names_the_layer():
     model = tiny_model("llama", hidden=48)
     with pytest.raises(ValueError, match=r"model\.layers\.0\.self_attn\.q_proj"):
         compress(model, GQSAConfig(group_size=32), calib_ids(), progress=False)
+
+
+def test_block_kwargs_fit_any_batch():
+    """Kwargs captured from a batch of 4 serve a tail batch of 2 (run_block) and a micro-batch of 3."""
+    from gqsa.pipeline import fit_batch, run_block
+
+    class MaskedBlock(torch.nn.Module):
+        def forward(self, x, attention_mask=None, position_embeddings=None, use_cache=True):
+            assert attention_mask.shape[0] in (1, x.shape[0]) and position_embeddings[0].shape[0] in (1, x.shape[0])
+            return (x + attention_mask + position_embeddings[0],)
+
+    kw = {"attention_mask": torch.zeros(4, 5, 1), "position_embeddings": (torch.ones(4, 5, 1), torch.ones(1, 5, 1)),
+          "use_cache": False}
+    out = run_block(MaskedBlock(), torch.zeros(6, 5, 1), kw, batch_size=4)
+    assert out.shape == (6, 5, 1) and torch.equal(out, torch.ones(6, 5, 1))
+    fitted = fit_batch(kw, 3)
+    assert fitted["attention_mask"].shape[0] == 1 and fitted["position_embeddings"][1].shape[0] == 1
+    assert fit_batch(kw, 4)["attention_mask"] is kw["attention_mask"] and fitted["use_cache"] is False

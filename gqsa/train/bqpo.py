@@ -58,6 +58,7 @@ from gqsa.config import require
 from gqsa.format import pack_layer, row_of_groups, unpack_codes
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
+from gqsa.pipeline import fit_batch
 
 MIN_SCALE = 1e-6  # keeps w / s finite; far below any scale a real group gets
 
@@ -198,19 +199,8 @@ def swap_in_fake_quant(block: nn.Module) -> dict[str, tuple[GQSLinear, FakeQuant
     return swapped
 
 
-def _batch_kwargs(kwargs: dict, b: int) -> dict:
-    """The block kwargs for a batch of ``b``: tensors with a batch dimension of another size
-    are cut to their first row (calibration windows are unpadded, so every row is the same)."""
-    out = {}
-    for k, v in kwargs.items():
-        if isinstance(v, torch.Tensor) and v.dim() > 0 and v.shape[0] not in (1, b):
-            v = v[:1]
-        out[k] = v
-    return out
-
-
 def _block_out(block: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
-    out = block(x, **_batch_kwargs(kwargs, x.shape[0]))
+    out = block(x, **fit_batch(kwargs, x.shape[0]))
     return out[0] if isinstance(out, tuple) else out
 
 
