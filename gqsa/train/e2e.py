@@ -140,8 +140,10 @@ def make_frozen(layers: list[GQSLinear]) -> None:
 
 
 def warmup_cosine(total_steps: int, warmup_steps: int) -> Callable[[int], float]:
-    """LR multiplier of step t: linear warmup to 1, then cosine decay to 0 (as HF's
-    ``get_cosine_schedule_with_warmup``, which EfficientQAT's trainer uses)."""
+    """LR multiplier of step t: linear warmup from 1/(w+1) to 1 over the first w steps, then
+    cosine decay to 0. The decay is HF's ``get_cosine_schedule_with_warmup`` (which
+    EfficientQAT's trainer uses); HF's warmup starts at 0, which would waste the first step
+    of a run that has only a few."""
     def factor(t: int) -> float:
         if t < warmup_steps:
             return (t + 1) / (warmup_steps + 1)
