@@ -104,6 +104,41 @@ def test_prefill_paths(m, dtype):
     _check(ops.run(x, p, bias, plan, "rows"), x, p, bias)
 
 
+def generate_error(device: str, dtype: torch.dtype, cache: str, new_tokens: int = 10) -> float:
+    """Greedy ``model.generate`` of a gqsa-compressed tiny LLaMA on ``device``/``dtype`` with a
+    dynamic or static KV cache: relative error of the logits it returns for each new token
+    against the float32 CPU reference model's logits on the generated sequence (teacher-forced,
+    so a near-tie in argmax cannot make the check flaky)."""
+    import copy
+
+    from gqsa.config import GQSAConfig
+    from gqsa.pipeline import compress
+    from tests.tiny_models import calib_ids, tiny_model
+    model = tiny_model("llama")
+    compress(model, GQSAConfig(sparsity=0.5), calib_ids(4, 32), progress=False)
+    run = copy.deepcopy(model).to(device, dtype)
+    run.generation_config.eos_token_id = None  # always decode new_tokens steps
+    prompt = calib_ids(1, 12, seed=5).to(device)
+    kw = dict(max_new_tokens=new_tokens, do_sample=False, output_scores=True, return_dict_in_generate=True,
+              pad_token_id=0)
+    if cache == "static":
+        kw["cache_implementation"] = "static"
+    out = run.generate(prompt, **kw)
+    assert out.sequences.shape[1] == prompt.shape[1] + new_tokens
+    with torch.no_grad():
+        ref = model(out.sequences.cpu()).logits[0, prompt.shape[1] - 1:-1].float()
+    got = torch.stack(out.scores)[:, 0].float().cpu()
+    return ((got - ref).norm() / ref.norm()).item()
+
+
+@pytest.mark.parametrize("cache", ["dynamic", "static"])
+def test_hf_generate(cache):
+    """transformers' generate through the gqsa custom op (prefill: small-batch kernel; steps:
+    decode kernel), fp16, with its dynamic cache and with a static cache."""
+    err = generate_error("cuda", torch.float16, cache)
+    assert err <= 1e-2, f"relative logit error {err:.2e}"
+
+
 def _model(dtype):
     from gqsa.bench.synth import random_packed
     from gqsa.layer import GQSLinear
