@@ -119,6 +119,16 @@ class GQSLinear(nn.Module):
                 f"bits={self.bits}, kept={kept:.3f}, bias={self.bias is not None}")
 
 
+def prepare_kernels(model: nn.Module) -> int:
+    """Derive the GPU kernel metadata of every :class:`GQSLinear` in ``model`` (on its device);
+    call after moving the model to CUDA and before ``torch.compile`` or CUDA graph capture, which
+    cannot build it. Returns the number of layers prepared."""
+    layers = [m for m in model.modules() if isinstance(m, GQSLinear)]
+    for layer in layers:
+        layer.prepare_kernels()
+    return len(layers)
+
+
 def _drop_kernel_plan(module: GQSLinear, incompatible_keys) -> None:
     """load_state_dict post-hook: new packed tensors make the kernel metadata stale."""
     module.clear_kernel_plan()

@@ -47,3 +47,19 @@ def test_dtype_casts_move_but_never_cast_the_packed_scales():
         assert layer.scales.dtype == torch.float16 and torch.equal(layer.scales, before)
     assert layer.to(torch.bfloat16).bias.dtype == torch.bfloat16
     assert layer.to("meta").scales.device.type == "meta"
+
+
+def test_prepare_kernels_builds_every_layer_plan_and_no_plan_warns():
+    import pytest
+
+    import gqsa
+    from gqsa.kernels import ops
+    model = torch.nn.Sequential(_random_layer()[0], torch.nn.ReLU(), _random_layer(n=64, seed=1)[0])
+    assert all(m.kernel_plan() is None for m in model if isinstance(m, GQSLinear))
+    assert gqsa.prepare_kernels(model) == 2
+    assert all(m.kernel_plan() is not None for m in model if isinstance(m, GQSLinear))
+    layer, p = _random_layer(bias=False)
+    x = torch.randn(4, layer.in_features)
+    with pytest.warns(RuntimeWarning, match="prepare_kernels"):
+        y = ops.run(x, p, None, None, "rows")  # what a CUDA call without a plan takes for M > 2
+    torch.testing.assert_close(y, x @ dequantize(p, torch.float32).T)

@@ -12,6 +12,8 @@ but hold zeros again when it returns, so the op declares no mutated arguments.
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 
 from gqsa.format import PackedGQS, dequantize
@@ -54,6 +56,10 @@ def run(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: KernelPl
     if m <= dispatch.GEMV_MAX_BATCH:
         return gqs_gemv(x, p, bias, plan, schedule if plan is not None else "rows")
     if plan is None:  # no bitmask: build the dense weight with torch ops (slow but correct)
+        warnings.warn("gqsa: a GQSLinear ran without its kernel plan (compiled or captured before its first "
+                      f"eager CUDA forward?), so {m} rows took a slow torch dequantize; call "
+                      "GQSLinear.prepare_kernels() (or gqsa.prepare_kernels(model)) first", RuntimeWarning,
+                      stacklevel=2)
         return torch.nn.functional.linear(x, dequantize(p, x.dtype), bias)
     if m <= dispatch.SMALLM_MAX_BATCH:
         return gqs_smallm(x, p, bias, plan)
