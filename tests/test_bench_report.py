@@ -40,10 +40,11 @@ def test_decode_table_names_the_best_mode(capsys):
     base = dict(ttft_ms=20.0, peak_gb=16.0, weights_gb=13.0)
     result = dict(device="test", config=dict(prompt=512, tokens=64), records=[
         dict(variant="fp16", tok_s_b1=100.0, best_b1="compile", **base),
-        dict(variant="gqsa_S50", tok_s_b1=250.0, best_b1="graph", **base)])
+        dict(variant="gqsa_S50", tok_s_b1=250.0, best_b1="graph", **dict(base, ttft_ms=30.0), best_ttft="graph")])
     print_decode_table(result)
     out = capsys.readouterr().out
     assert "2.50x,   graph" in out and "1.00x, compile" in out
+    assert "30.0 (1.50x, graph)" in out and "20.0 (1.00x, eager)" in out
 
 
 def test_formats_table_and_parser(capsys):
