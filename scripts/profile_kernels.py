@@ -1,5 +1,5 @@
 """Run the decode kernel (batch 1) and the small-batch kernel (batch 16) a few times on one layer
-shape, for a profiler to attach to (``ncu``): the numbers behind docs/engine.md §5.7.
+shape, for a profiler to attach to (``ncu``): the numbers behind docs/engine.md §5.8.
 
 Usage (on a CUDA machine): ``ncu --section ... python scripts/profile_kernels.py [N K]``.
 """

@@ -27,7 +27,7 @@ SMALLM_MAX_BATCH = 32  # small-batch kernel up to here (H100, 4096^2 S50: 15.1 u
 # 22.1 at M=32 vs 28.5 split-K GEMM; docs/engine.md)
 DENSE_MIN_BATCH = 48  # from here dequantize + cuBLAS beats the Triton GEMM (H100, M=64: 26 vs 45 us)
 GEMM_MIN_WEIGHTS = 1 << 25  # below DENSE_MIN_BATCH the GEMM only wins on layers this large (H100, M=40:
-# 11008x4096 73 vs 85 us dense, 4096x11008 73 vs 87; 4096x4096 43 vs 26 dense; docs/engine.md §5.8)
+# 11008x4096 73 vs 85 us dense, 4096x11008 73 vs 87; 4096x4096 43 vs 26 dense; docs/engine.md §5.9)
 TASKS_MIN_SKEW = 8.0  # longest/mean row above which to try the task schedule; it lost every H100 case
 # measured (max/mean <= 2 at S50), so this only fires for extreme tails at high sparsity
 

@@ -106,7 +106,7 @@ def default_config(group_size: int, block_b: int, row_len: float, uniform: bool 
     rows per program): 3-27 % faster there (e.g. 4096x4096 6.2 -> 5.9 us, 13824x5120 22.0
     -> 16.2), but slower on longer rows (8192x28672 43 -> 47), on few rows (1024x8192: too
     few programs, 4.3 -> 5.9) and on uneven rows (up to 30 %). G = 8 (8-weight lanes)
-    takes 8192 weights per step: 1.6x faster than 2048 on 11008x4096 (§5.6).
+    takes 8192 weights per step: 1.6x faster than 2048 on 11008x4096 (docs/engine.md §5.7).
     """
     sg = min(group_size, SUB_GROUP)
     row_len = row_len * (group_size // sg)

@@ -1,7 +1,7 @@
 """Instruction mix of the decode kernel as compiled for an H100, without a GPU.
 
 The decode kernel is bound by issuing instructions and by load latency, not by
-bytes (docs/engine.md §5.7): every format with the same number of 16-weight lanes
+bytes (docs/engine.md §5.8): every format with the same number of 16-weight lanes
 runs in about the same time. This counts the SASS instructions of one program of the
 batch-1 kernel at the tile the dispatcher picks for 11008x4096 S50 W4 G16 (4 rows x 32
 lanes, 4 unrolled steps), so a change to the kernel can be judged by its cost per

@@ -150,7 +150,7 @@ def _store_tile(acc, ms, rows, rows_ok, out_m, y_ptr, stride_ym, bias_ptr, HAS_B
 
 
 def default_config(group_size: int) -> SmallMConfig:
-    """The tile for G (H100 sweep, docs/engine.md §5.6): four groups per step at every G; groups
+    """The tile for G (H100 sweep, docs/engine.md §5.7): four groups per step at every G; groups
     of 64-128 weights take 64-row tiles and up to 1,024 input columns per program (G = 128,
     11008x4096, M = 16: 58 -> 44 us), smaller groups 32-row tiles and 512 columns."""
     return SmallMConfig(block_n=64, max_k=1024) if group_size >= 64 else SmallMConfig()

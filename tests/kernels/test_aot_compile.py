@@ -36,7 +36,7 @@ def test_decode_kernel_loads_whole_lanes_per_thread(tmp_path):
     """The batch-1 decode kernel as the JIT specialises it (4 steps of 16-weight lanes per thread):
     per lane and step one 64-bit load of the codes and two 128-bit loads of activations, one
     int-to-float conversion per weight, and cross-thread traffic only for the final row sum
-    (5 shuffles over 32 lanes, one shared-memory round trip to store) (docs/engine.md §5.7)."""
+    (5 shuffles over 32 lanes, one shared-memory round trip to store) (docs/engine.md §5.8)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
     code = ("from gqsa.kernels.sass import decode_mix; ops, n = decode_mix(); "
