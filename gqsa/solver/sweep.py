@@ -40,7 +40,6 @@ def lazy_obs_sweep(W: torch.Tensor, U: torch.Tensor, block_size: int, column: Co
             block(i1, i2, W1, U1)
         Err1 = torch.zeros_like(W1)
         for i in range(i2 - i1):
-            w = W1[:, i].clone()
-            Err1[:, i] = (w - column(i1 + i, i, W1)) / U1[i, i]
+            Err1[:, i] = (W1[:, i] - column(i1 + i, i, W1)) / U1[i, i]
             W1[:, i:] -= Err1[:, i:i + 1] * U1[i:i + 1, i:]
         W[:, i2:] -= Err1 @ U[i1:i2, i2:]
