@@ -191,13 +191,17 @@ def split_k_for(n_tiles: int, steps: int, programs: int) -> int:
     return max(1, min(steps // 2, programs // max(1, n_tiles)))
 
 
+def groups_per_step(block_k: int, group_size: int, default: int) -> int:
+    """Group columns per K step of a tensor-core kernel: ``block_k / G`` (1..32), or ``default``
+    when ``block_k`` is 0."""
+    return min(32, max(1, block_k // group_size)) if block_k else default
+
+
 def gemm_block_kg(cfg: GemmConfig, group_size: int) -> int:
-    """Groups per K step: ``cfg.block_k / G``, or by default four groups (as the small-batch
-    kernel, whose H100 sweep found four fastest at every G) but at most 128 input columns,
-    so that three pipeline stages of a 64 x 128 tile fit in an H100's shared memory."""
-    if cfg.block_k:
-        return min(32, max(1, cfg.block_k // group_size))
-    return max(1, min(4, 128 // group_size))
+    """Groups per K step of the GEMM: by default four (as the small-batch kernel, whose H100
+    sweep found four fastest at every G) but at most 128 input columns, so that three pipeline
+    stages of a 64 x 128 tile fit in an H100's shared memory."""
+    return groups_per_step(cfg.block_k, group_size, max(1, min(4, 128 // group_size)))
 
 
 def gqs_gemm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: KernelPlan,

@@ -281,7 +281,8 @@ def _fixup_rows(part, rows, r_end, lo, hi, E0, E1, T, B, y_ptr, stride_yb, bias_
 def _gemv_tasks_kernel(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row_ptr_ptr,
                        bias_ptr, y_ptr, stride_yb, y32_ptr, prog_rows_ptr, ws_ptr, cnt_ptr, nnz, T,
                        HAS_BIAS: tl.constexpr, SPLIT_MODE: tl.constexpr, G: tl.constexpr, R: tl.constexpr,
-                       SG: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr,
+                       SG: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr,
+                       W: tl.constexpr, P: tl.constexpr,
                        BLOCK_B: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
                        WS_STRIDE: tl.constexpr, WHILE: tl.constexpr):
     """Task-centric schedule: program p computes kept groups [p*T, (p+1)*T)."""

@@ -117,4 +117,3 @@ def row_lengths(row_ptr: torch.Tensor) -> tuple[int, int]:
         return 0, 0
     lo, hi = int(counts.min()), int(counts.max())
     return hi, hi if lo == hi else 0
-

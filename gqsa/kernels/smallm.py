@@ -15,7 +15,8 @@ latency. This kernel keeps the tensor-core product of the prefill GEMM (a dense
   the only loads inside the loop are the codes, scales and zeros themselves, which do
   not depend on an earlier load of the same step.
 * **One launch.** K is split over program axis 1 so that enough programs run and none
-  walks more than 32 group columns (one bitmask word; longer walks measured slower); each
+  walks more than ``SmallMConfig.max_k`` input columns (512: one bitmask word at G = 16;
+  longer walks measured slower); each
   split writes its fp32 partial tile to a scratch buffer, bumps the tile's arrival
   counter, and the last to arrive sums the partials, adds the bias, casts, stores and
   re-zeroes the counter (the plan's ``fix_cnt``, zero between calls). No zero-fill or
@@ -40,7 +41,7 @@ import triton
 import triton.language as tl
 
 from gqsa.format import PackedGQS
-from gqsa.kernels.gemm import _dense_from_idx, _dot_tile, _layout_meta, _num_sms, _popc32
+from gqsa.kernels.gemm import _dense_from_idx, _dot_tile, _layout_meta, _num_sms, _popc32, groups_per_step
 from gqsa.kernels.plan import KernelPlan
 
 INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
@@ -194,7 +195,7 @@ def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: K
     n_tiles = triton.cdiv(n, block_n)
     if plan.fix_cnt.numel() < n_tiles:
         raise ValueError(f"plan.fix_cnt holds {plan.fix_cnt.numel()} counters, {n_tiles} tiles need one each")
-    block_kg = min(32, max(1, cfg.block_k // g)) if cfg.block_k else 4
+    block_kg = groups_per_step(cfg.block_k, g, 4)
     max_groups = cap_groups(cfg, g, block_kg)
     split, cg = split_for(n_tiles, ng, cfg.programs_per_sm * _num_sms(x.device), max_groups)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
