@@ -27,7 +27,7 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
 from gqsa.bench.synth import random_packed
-from gqsa.bench.timing import event_times
+from gqsa.bench.timing import capture_graph, event_times
 from gqsa.layer import GQSLinear
 
 LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
@@ -124,14 +124,7 @@ def time_to_first_token(model, prompt_len: int, new_tokens: int, graph: bool = F
     dec.forward(ids, pos)  # compile and warm up first
     if not graph:
         return statistics.median(event_times(lambda: dec.forward(ids, pos).argmax(-1), 10)) / 1e3
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        dec.forward(ids, pos).argmax(-1)  # warm the allocator on the capture stream
-        prefill = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(prefill, stream=stream):
-            dec.forward(ids, pos).argmax(-1)
-    torch.cuda.current_stream().wait_stream(stream)
+    prefill = capture_graph(lambda: dec.forward(ids, pos).argmax(-1))
     return statistics.median(event_times(prefill.replay, 10)) / 1e3
 
 
@@ -147,14 +140,7 @@ def decode_tokens_per_s(model, batch: int, prompt_len: int, new_tokens: int, com
         nxt = dec.forward(ids, pos).argmax(-1)
         ids.copy_(nxt[:, None])
         pos.add_(1)
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        step()  # warm-up (kernel compilation, allocator) outside the capture
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, stream=stream):
-            step()
-    torch.cuda.current_stream().wait_stream(stream)
+    graph = capture_graph(step)  # its warm-up call advanced pos: rewind
     pos.fill_(prompt_len)
 
     def run():
@@ -220,7 +206,8 @@ def print_decode_table(result: dict) -> None:
     base = recs[0]
     print(f"\ndecode, {result['device']}, prompt {result['config']['prompt']}, {result['config']['tokens']} new tokens")
     cols = [k for k in base if k.startswith("tok_s")]
-    print("variant      TTFT ms (x fp16, mode)  " + "  ".join(f"{c + ' (x fp16, mode)':>26}" for c in cols) + "   peak GB  weights GB")
+    print("variant      TTFT ms (x fp16, mode)  " + "  ".join(f"{c + ' (x fp16, mode)':>26}" for c in cols)
+          + "   peak GB  weights GB")
     for r in recs:
         ttft = f"{r['ttft_ms']:8.1f} ({r['ttft_ms'] / base['ttft_ms']:4.2f}x, {r.get('best_ttft', 'eager'):>5})"
         print(f"{r['variant']:<12}{ttft}  " + "  ".join(

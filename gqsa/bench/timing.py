@@ -37,6 +37,20 @@ def event_times(fn: Callable[[], object], reps: int) -> list[float]:
     return times
 
 
+def capture_graph(fn: Callable[[], object]) -> torch.cuda.CUDAGraph:
+    """One call of ``fn`` captured as a CUDA graph: ``fn`` runs once on a side stream first
+    (compilation, allocator warm-up), then is captured there. The warm-up call's effects stay."""
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        fn()
+        with torch.cuda.graph(graph, stream=stream):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    return graph
+
+
 def time_rotating(fns: list[Callable[[], object]], target_us: float = 2000.0, reps: int = 15) -> tuple[float, bool]:
     """Median microseconds per call of ``fns`` (one callable per weight copy), and whether a graph ran."""
     for f in fns:  # compile, autotune, allocate outside the capture
@@ -51,14 +65,7 @@ def time_rotating(fns: list[Callable[[], object]], target_us: float = 2000.0, re
             for f in fns:
                 f()
     try:
-        graph = torch.cuda.CUDAGraph()
-        stream = torch.cuda.Stream()
-        stream.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(stream):
-            loop()  # warm the allocator on this stream before capture
-            with torch.cuda.graph(graph, stream=stream):
-                loop()
-        torch.cuda.current_stream().wait_stream(stream)
+        graph = capture_graph(loop)
         graph.replay()
         torch.cuda.synchronize()
         return statistics.median(event_times(graph.replay, reps)) / calls, True

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 import triton
 
-from gqsa.bench.kernels import layer_copies
+from gqsa.bench.kernels import layer_copies, parse_formats
 from gqsa.bench.synth import random_packed
 from gqsa.bench.timing import copies_for, time_rotating
 from gqsa.kernels.gemm import GemmConfig, gqs_dense_linear, gqs_gemm
@@ -228,32 +228,28 @@ def main(argv: list[str] | None = None) -> list[dict]:
     os.makedirs(args.out, exist_ok=True)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     recs = []
+
+    def save(name: str = "tune.json") -> None:  # after each sweep: a cut run keeps what it measured
+        with open(os.path.join(args.out, name), "w") as f:
+            json.dump(recs, f)
     if args.small_m:
         for n, k in SHAPES:
             recs += sweep_small_m(n, k)
-        with open(os.path.join(args.out, "tune_small_m.json"), "w") as f:
-            json.dump(recs, f)
+            save("tune_small_m.json")
         summarize(recs)
         return recs
     if args.formats:
-        for spec in args.formats:
-            bits, g = (int(v) for v in spec.split(":"))
+        for bits, g in parse_formats(args.formats):
             for n, k in FORMAT_SHAPES:
                 recs += sweep_format(n, k, g, bits)
-                with open(os.path.join(args.out, "tune_formats.json"), "w") as f:
-                    json.dump(recs, f)
+                save("tune_formats.json")
         return recs
     if args.smallm:
         for n, k in SMALLM_SHAPES:
             for m in (8, 16):
                 recs += sweep_smallm(n, k, m)
-        with open(os.path.join(args.out, "tune_smallm.json"), "w") as f:
-            json.dump(recs, f)
+        save("tune_smallm.json")
         return recs
-
-    def save():
-        with open(os.path.join(args.out, "tune.json"), "w") as f:
-            json.dump(recs, f)
     for n, k in SHAPES:
         for pattern in args.patterns:
             for m in (1, 2) if args.decode_only else (1,):
