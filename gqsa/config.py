@@ -11,9 +11,9 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
+from gqsa.format import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES
+
 CONFIG_VERSION = 1
-SUPPORTED_BITS = (2, 3, 4, 8)
-SUPPORTED_GROUP_SIZES = (8, 16, 32, 64, 128)
 BALANCES = ("row", "layer")
 SALIENCIES = ("obs", "wanda")
 MASKS = ("adaptive", "static")

@@ -28,7 +28,11 @@ from dataclasses import dataclass
 import torch
 
 FORMAT_VERSION = 1
+SUPPORTED_FORMAT_VERSIONS = (1,)
 TENSOR_NAMES = ("codes", "col_idx", "row_ptr", "scales", "zeros")
+# What the format can hold: G * bits must fill whole bytes, and the kernels are built for these.
+SUPPORTED_BITS = (2, 3, 4, 8)
+SUPPORTED_GROUP_SIZES = (8, 16, 32, 64, 128)
 
 
 @dataclass

@@ -23,10 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from gqsa.config import require
+from gqsa.format import SUPPORTED_BITS
 
 BASELINE_VERSION = 1
 METHODS = ("rtn", "gptq", "sparsegpt", "wanda")
-QUANT_BITS = (2, 3, 4, 8)
+QUANT_BITS = SUPPORTED_BITS
 NO_QUANT = 16
 # method -> allowed pattern kinds ("nm" stands for any N:M)
 PATTERNS = {"rtn": ("dense",), "gptq": ("dense",), "sparsegpt": ("unstructured", "nm"),

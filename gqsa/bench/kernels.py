@@ -46,7 +46,7 @@ from gqsa.bench.floor import read_floor_us
 from gqsa.bench.sparse24 import gemv24, pack_24, quantize_24_int4
 from gqsa.bench.synth import random_packed
 from gqsa.bench.timing import copies_for, copy_bandwidth, time_rotating
-from gqsa.format import PackedGQS
+from gqsa.format import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, PackedGQS
 from gqsa.kernels import ops
 from gqsa.kernels.gemm import gqs_dense_linear, gqs_gemm
 from gqsa.kernels.gemv import gqs_gemv
@@ -224,7 +224,7 @@ def parse_formats(specs: list[str]) -> tuple[tuple[int, int], ...]:
     out = []
     for spec in specs:
         bits, _, g = spec.partition(":")
-        if not (bits.isdigit() and g.isdigit()) or int(bits) not in (2, 3, 4, 8) or int(g) not in (8, 16, 32, 64, 128):
+        if not (bits.isdigit() and g.isdigit()) or int(bits) not in SUPPORTED_BITS or int(g) not in SUPPORTED_GROUP_SIZES:
             raise SystemExit(f"--formats takes BITS:G with BITS in 2,3,4,8 and G in 8..128, got {spec!r}")
         out.append((int(bits), int(g)))
     return tuple(out)

@@ -46,7 +46,7 @@ import torch
 import triton
 import triton.language as tl
 
-from gqsa.format import PackedGQS
+from gqsa.format import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, PackedGQS
 from gqsa.kernels.plan import MAX_BLOCK_B, KernelPlan, groups_per_program
 
 SCHEDULES = ("rows", "tasks")
@@ -317,7 +317,7 @@ def _check(x: torch.Tensor, p: PackedGQS) -> None:
         raise ValueError(f"x must be [B, {p.in_features}], got {tuple(x.shape)}")
     if x.dtype not in (torch.float16, torch.bfloat16, torch.float32):
         raise ValueError(f"x dtype {x.dtype} is not float16, bfloat16 or float32")
-    if p.bits not in (2, 3, 4, 8) or p.group_size not in (8, 16, 32, 64, 128):
+    if p.bits not in SUPPORTED_BITS or p.group_size not in SUPPORTED_GROUP_SIZES:
         raise ValueError(f"unsupported bits={p.bits} / group_size={p.group_size} (bits 2,3,4,8; G 8..128)")
     if p.codes.data_ptr() % 4 != 0:
         raise ValueError("codes must be 4-byte aligned (a fresh tensor is)")
