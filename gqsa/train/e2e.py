@@ -56,7 +56,8 @@ class E2EConfig:
         max_grad_norm: gradient clipping (EfficientQAT: 0.3; 0: none).
         warmup_ratio: fraction of the steps with a linear warmup before the cosine decay to 0.
         gradient_checkpointing: recompute each block's activations in the backward pass.
-        amp: bfloat16 autocast on CUDA (scales stay float32); CPU is always float32.
+        amp: mixed precision on CUDA (scales stay float32; see :func:`autocast_dtype`); CPU is
+            always float32.
         seed: seed of the window order.
     """
 
@@ -171,14 +172,31 @@ def _steps(n: int, config: E2EConfig) -> tuple[int, int]:
     return micro, config.epochs * math.ceil(micro / config.grad_accum)
 
 
+def autocast_dtype(model_dtype: torch.dtype, device: torch.device, amp: bool) -> torch.dtype | None:
+    """The autocast dtype of E2E-OQP's forward passes, or None for none.
+
+    A half-precision model trains under autocast in its own dtype: float16 and bfloat16
+    tensors cannot meet in one autocast op (``index_put``, ``cat``: "Unexpected floating
+    ScalarType in at::autocast::prioritize"), and a float16 model's activations are float16.
+    A float32 model trains under bfloat16 autocast. CPU, or ``amp`` off: none.
+    """
+    if not amp or device.type != "cuda":
+        return None
+    return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+
+
 def _run_epochs(model: nn.Module, windows: torch.Tensor, groups: list[dict], config: E2EConfig,
-                device: torch.device, progress: bool) -> list[float]:
-    """The training loop; returns the loss of every optimizer step (mean over its windows)."""
+                device: torch.device, progress: bool, amp_dtype: torch.dtype | None) -> list[float]:
+    """The training loop; returns the loss of every optimizer step (mean over its windows).
+
+    Under float16 autocast the loss is scaled (``torch.amp.GradScaler``) so that small
+    gradients of the scales do not underflow; a step whose gradients overflow is skipped.
+    """
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     micro, total = _steps(windows.shape[0], config)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, math.ceil(total * config.warmup_ratio)))
-    amp = config.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     gen = torch.Generator().manual_seed(config.seed)
     step_losses = []
     with tqdm(total=total, desc="e2e-oqp", disable=not progress) as bar:
@@ -188,14 +206,16 @@ def _run_epochs(model: nn.Module, windows: torch.Tensor, groups: list[dict], con
                 first = m - m % config.grad_accum
                 in_step = min(config.grad_accum, micro - first)  # forward passes in this step
                 batch = windows[perm[m * config.batch_size:(m + 1) * config.batch_size]].to(device)
-                with torch.autocast(device.type, dtype=torch.bfloat16, enabled=amp):
+                with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
                     loss = model(input_ids=batch, labels=batch, use_cache=False).loss
-                (loss / in_step).backward()
+                scaler.scale(loss / in_step).backward()
                 acc += loss.detach().float() / in_step  # on the device: one sync per optimizer step
                 if m - first + 1 == in_step:
+                    scaler.unscale_(opt)
                     if config.max_grad_norm > 0:
                         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                    opt.step()
+                    scaler.step(opt)
+                    scaler.update()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                     step_losses.append(acc.item())
@@ -233,6 +253,7 @@ def train_scales(model: nn.Module, windows: torch.Tensor, config: E2EConfig = E2
                          f"{windows.dtype}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
+    amp_dtype = autocast_dtype(model.get_input_embeddings().weight.dtype, device, config.amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
@@ -246,7 +267,7 @@ def train_scales(model: nn.Module, windows: torch.Tensor, config: E2EConfig = E2
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-        step_losses = _run_epochs(model, windows, groups, config, device, progress)
+        step_losses = _run_epochs(model, windows, groups, config, device, progress, amp_dtype)
     finally:
         if config.gradient_checkpointing and not had_checkpointing:
             model.gradient_checkpointing_disable()

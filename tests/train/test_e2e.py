@@ -101,3 +101,27 @@ def test_trained_model_saves_and_loads_with_the_same_outputs(tmp_path):
     batch = _windows(2)
     with torch.no_grad():
         assert torch.allclose(model(batch).logits, loaded(batch).logits, atol=1e-5)
+
+
+def test_autocast_dtype_follows_a_half_precision_model():
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    from gqsa.train.e2e import autocast_dtype
+    assert autocast_dtype(torch.float16, cuda, True) == torch.float16
+    assert autocast_dtype(torch.bfloat16, cuda, True) == torch.bfloat16
+    assert autocast_dtype(torch.float32, cuda, True) == torch.bfloat16
+    assert autocast_dtype(torch.float16, cuda, False) is None
+    assert autocast_dtype(torch.float16, cpu, True) is None
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_model_trains_under_autocast_with_its_policy(monkeypatch, dtype):
+    """The GPU default (an fp16 model under autocast) crashed in E2E-OQP with "Unexpected floating
+    ScalarType in at::autocast::prioritize" (fp16 tensors under bf16 autocast). CPU autocast runs the
+    same ops, so the CUDA policy is applied on the CPU here; fp16 also goes through the GradScaler."""
+    import gqsa.train.e2e as e2e
+    real = e2e.autocast_dtype
+    monkeypatch.setattr(e2e, "autocast_dtype", lambda md, dev, amp: real(md, torch.device("cuda"), amp))
+    model = _compressed().to(dtype)
+    log = train_scales(model, _windows(), E2EConfig(epochs=3, lr=1e-3, batch_size=2, grad_accum=2), progress=False)
+    assert log["loss_after"] < log["loss_before"] - 0.01, log
+    assert all(m.scales.dtype == torch.float16 for m in model.modules() if isinstance(m, GQSLinear))
