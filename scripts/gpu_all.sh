@@ -33,7 +33,7 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log, never abort 
 'triton', triton.__version__, 'transformers', transformers.__version__)"; echo 'code: the working tree this call carried (name its commit in docs)'
 } 2>&1 | tee -a "$LOG"
 
-step tests 110 python3 -m pytest tests/kernels -q -rs -p no:cacheprovider -n 8
+step tests 200 python3 -m pytest tests/kernels tests/test_cli_gpu.py -q -rs -p no:cacheprovider -n 8
 case "$MODE" in
   tune)
     step tune 300 python3 -m gqsa.bench.tune --out "$OUT" ;;
