@@ -12,11 +12,36 @@ import sys
 from pathlib import Path
 
 from gqsa.config import GQSAConfig
+from gqsa.data import DEFAULT_CALIBRATION_TEXT
+from gqsa.format import SUPPORTED_BITS
 
 
-def _add_runtime(p: argparse.ArgumentParser) -> None:
+def positive_int(text: str) -> int:
+    """argparse type: an int >= 1 (a zero or negative count is a clear usage error, never a default)."""
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 1, got {text}")
+    return value
+
+
+def count_int(text: str) -> int:
+    """argparse type: an int >= 0."""
+    value = int(text)
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be an integer >= 0, got {text}")
+    return value
+
+
+def _add_runtime(p: argparse.ArgumentParser, verify: bool = True) -> None:
     p.add_argument("--device", default="auto", help="cpu, cuda, cuda:N or auto (cuda when available)")
     p.add_argument("--dtype", default="auto", help="float32, float16, bfloat16 or auto (fp32 on CPU, fp16 on GPU)")
+    if verify:
+        _add_no_verify(p)
+
+
+def _add_no_verify(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--no-verify", action="store_true",
+                   help="skip the sha256 check of the weight files that gqsa recorded at save time (huge models)")
 
 
 def _add_compress(sub) -> None:
@@ -26,24 +51,30 @@ def _add_compress(sub) -> None:
     p.add_argument("--method", default="gqsa", choices=["gqsa", "rtn", "gptq", "sparsegpt", "wanda"],
                    help="gqsa, or a baseline in the same pipeline (saved as a dense fake-quant folder)")
     p.add_argument("--pattern", default=None, help="baselines: dense, unstructured or N:M such as 2:4")
-    p.add_argument("--sparsity", type=float, default=None, help="fraction pruned (gqsa default 0.5)")
-    p.add_argument("--bits", type=int, default=None, help="bits per kept weight: 2, 3, 4 or 8 (default 4)")
-    p.add_argument("--group-size", type=int, default=None, help="G (gqsa default 16; baselines 128)")
-    p.add_argument("--balance", default="row", choices=["row", "layer"], help="same groups per row, or per layer")
-    p.add_argument("--saliency", default="obs", choices=["obs", "wanda"], help="group importance score")
-    p.add_argument("--mask", default="static", choices=["adaptive", "static"],
-                   help="choose the groups once up front (default), or per column block as the joint update "
-                        "proceeds (needs --balance row and --saliency obs)")
-    p.add_argument("--sparsity-ramp", type=float, default=0.0,
+    d = GQSAConfig()
+    p.add_argument("--sparsity", type=float, default=None, help=f"fraction pruned (gqsa default {d.sparsity})")
+    p.add_argument("--bits", type=int, default=None, help=f"bits per kept weight: {', '.join(map(str, SUPPORTED_BITS))} "
+                                                          f"(gqsa default {d.bits})")
+    p.add_argument("--group-size", type=int, default=None, help=f"G (gqsa default {d.group_size}; baselines 128)")
+    p.add_argument("--balance", default=None, choices=["row", "layer"],
+                   help=f"same groups per row, or per layer (default {d.balance})")
+    p.add_argument("--saliency", default=None, choices=["obs", "wanda"], help=f"group importance score (default {d.saliency})")
+    p.add_argument("--mask", default=None, choices=["adaptive", "static"],
+                   help="choose the groups once up front (static, the default), or per column block as the joint "
+                        "update proceeds (needs --balance row and --saliency obs)")
+    p.add_argument("--sparsity-ramp", type=float, default=None,
                    help="gqsa: spread the sparsity over depth, from sparsity*(1-r) in the first block to "
                         "sparsity*(1+r) in the last (same mean); 0 = uniform (default)")
     p.add_argument("--sym", action="store_true", help="symmetric quantization")
     p.add_argument("--no-clip-search", action="store_true", help="plain min-max ranges")
-    p.add_argument("--skip", nargs="*", default=["lm_head"], help="module names kept dense")
-    p.add_argument("--calib", default="coqa", help="calibration text: builtin name, .txt/.jsonl/folder, or wikitext2/c4")
-    p.add_argument("--nsamples", type=int, default=128, help="calibration windows (default 128)")
-    p.add_argument("--seqlen", type=int, default=2048, help="tokens per calibration window (default 2048)")
-    p.add_argument("--batch-size", type=int, default=8, help="calibration windows per block forward")
+    p.add_argument("--skip", nargs="*", default=None, help=f"module names kept dense (default: {' '.join(d.skip)})")
+    p.add_argument("--calib", default=DEFAULT_CALIBRATION_TEXT,
+                   help="calibration text: builtin name, .txt/.jsonl/folder, or wikitext2/c4")
+    p.add_argument("--nsamples", type=positive_int, default=128,
+                   help="calibration windows (default 128; a 2-core CPU takes about a minute per block at "
+                        "128 x 2048: use fewer for a quick run)")
+    p.add_argument("--seqlen", type=positive_int, default=2048, help="tokens per calibration window (default 2048)")
+    p.add_argument("--batch-size", type=positive_int, default=8, help="calibration windows per block forward")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     _add_stages(p)
@@ -52,20 +83,20 @@ def _add_compress(sub) -> None:
 
 def _add_stages(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("two-stage optimization (off by default) and resume")
-    g.add_argument("--bqpo-epochs", type=int, default=0, help="BQPO epochs per block (0: off; EfficientQAT: 2)")
+    g.add_argument("--bqpo-epochs", type=count_int, default=0, help="BQPO epochs per block (0: off; EfficientQAT: 2)")
     g.add_argument("--bqpo-lr", type=float, default=1e-5, help="BQPO learning rate of the kept weights")
     g.add_argument("--bqpo-lr-scale", type=float, default=1e-4, help="BQPO learning rate of scales")
     g.add_argument("--bqpo-lr-zero", type=float, default=1e-4, help="BQPO learning rate of zero points")
-    g.add_argument("--bqpo-batch-size", type=int, default=2)
+    g.add_argument("--bqpo-batch-size", type=positive_int, default=2)
     g.add_argument("--bqpo-local-targets", action="store_true",
                    help="train each block against the dense block on the same inputs, not the FP16 model's chain")
-    g.add_argument("--e2e-epochs", type=int, default=0, help="E2E-OQP epochs (0: off; EfficientQAT: 1)")
-    g.add_argument("--e2e-data", default="coqa", help="E2E-OQP training text (builtin name or path)")
-    g.add_argument("--e2e-nsamples", type=int, default=128, help="E2E-OQP training windows")
-    g.add_argument("--e2e-seqlen", type=int, default=1024)
+    g.add_argument("--e2e-epochs", type=count_int, default=0, help="E2E-OQP epochs (0: off; EfficientQAT: 1)")
+    g.add_argument("--e2e-data", default=DEFAULT_CALIBRATION_TEXT, help="E2E-OQP training text (builtin name or path)")
+    g.add_argument("--e2e-nsamples", type=positive_int, default=128, help="E2E-OQP training windows")
+    g.add_argument("--e2e-seqlen", type=positive_int, default=1024)
     g.add_argument("--e2e-lr", type=float, default=1e-5, help="E2E-OQP learning rate of the scales")
-    g.add_argument("--e2e-batch-size", type=int, default=4)
-    g.add_argument("--e2e-grad-accum", type=int, default=8)
+    g.add_argument("--e2e-batch-size", type=positive_int, default=4)
+    g.add_argument("--e2e-grad-accum", type=positive_int, default=8)
     g.add_argument("--e2e-train-zeros", action="store_true", help="also train zero points (rounded, STE)")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its block checkpoints")
     g.add_argument("--checkpoint-dir", default=None, help="per-block checkpoints (default: OUT.checkpoint)")
@@ -80,8 +111,6 @@ def _stages(a: argparse.Namespace):
                       fp_targets=not a.bqpo_local_targets) if a.bqpo_epochs > 0 else None
     e2e = E2EConfig(epochs=a.e2e_epochs, lr=a.e2e_lr, batch_size=a.e2e_batch_size, grad_accum=a.e2e_grad_accum,
                     train_zeros=a.e2e_train_zeros) if a.e2e_epochs > 0 else None
-    if a.bqpo_epochs < 0 or a.e2e_epochs < 0:
-        raise ValueError("--bqpo-epochs and --e2e-epochs must be >= 0")
     return Stages(bqpo=bqpo, e2e=e2e, e2e_data=a.e2e_data, e2e_nsamples=a.e2e_nsamples, e2e_seqlen=a.e2e_seqlen,
                   resume=a.resume, checkpoint_dir=a.checkpoint_dir)
 
@@ -91,9 +120,11 @@ def _add_eval(sub) -> None:
     p.add_argument("model")
     p.add_argument("--ppl", nargs="*", default=["boolq"], help="held-out texts (builtin names or paths)")
     p.add_argument("--tasks", nargs="*", default=[], help="multiple-choice tasks: piqa, arc_easy, ... or FILE.jsonl")
-    p.add_argument("--limit", type=int, default=None, help="first N items of each task")
-    p.add_argument("--seqlen", type=int, default=1024)
-    p.add_argument("--max-windows", type=int, default=None, help="evaluate only the first N windows")
+    p.add_argument("--limit", type=positive_int, default=None, help="first N items of each task")
+    p.add_argument("--seqlen", type=positive_int, default=1024)
+    p.add_argument("--max-windows", type=positive_int, default=None,
+                   help="evaluate only the first N windows (default: the whole text; boolq at 1024 tokens is "
+                        "about 400 windows, 15 minutes on a 2-core CPU)")
     p.add_argument("--json", default=None, help="write the results here (default: print only)")
     _add_runtime(p)
 
@@ -102,7 +133,7 @@ def _add_generate(sub) -> None:
     p = sub.add_parser("generate", help="greedy generation from a prompt")
     p.add_argument("model")
     p.add_argument("--prompt", required=True)
-    p.add_argument("--max-new-tokens", type=int, default=64)
+    p.add_argument("--max-new-tokens", type=positive_int, default=64)
     p.add_argument("--chat", action="store_true", help="wrap the prompt in the tokenizer's chat template")
     _add_runtime(p)
 
@@ -116,9 +147,10 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("info", help="size, bits per weight and sparsity of a compressed folder")
     p.add_argument("path")
     p.add_argument("--layers", action="store_true", help="print every layer")
+    _add_no_verify(p)
     p = sub.add_parser("demo", help="the offline demo: SmolLM2 compressed at W4 S50 G16 on CPU, before vs after")
     p.add_argument("--out", default=None, help="where to keep the compressed model (default: a cache folder)")
-    p.add_argument("--windows", type=int, default=16, help="evaluation windows of 1024 tokens")
+    p.add_argument("--windows", type=positive_int, default=16, help="evaluation windows of 1024 tokens")
     p = sub.add_parser("report", help="gather run logs into a Markdown table and plots")
     p.add_argument("runs", nargs="+", help="run folders holding run.json")
     p.add_argument("--out", required=True)
@@ -146,9 +178,10 @@ def cmd_compress(a: argparse.Namespace) -> int:
     device = pick_device(a.device)
     if a.method != "gqsa":
         return _compress_baseline(a, device, pick_dtype(a.dtype, device))
-    config = GQSAConfig(group_size=a.group_size or 16, sparsity=0.5 if a.sparsity is None else a.sparsity,
-                        bits=a.bits or 4, sym=a.sym, balance=a.balance, saliency=a.saliency, skip=tuple(a.skip),
-                        clip_search=not a.no_clip_search, mask=a.mask, sparsity_ramp=a.sparsity_ramp)
+    given = {"group_size": a.group_size, "sparsity": a.sparsity, "bits": a.bits, "balance": a.balance,
+             "saliency": a.saliency, "mask": a.mask, "sparsity_ramp": a.sparsity_ramp,
+             "skip": None if a.skip is None else tuple(a.skip)}
+    config = GQSAConfig(sym=a.sym, clip_search=not a.no_clip_search, **{k: v for k, v in given.items() if v is not None})
     log = compress_folder(a.model, a.out, config, a.calib, a.nsamples, a.seqlen, device,
                           pick_dtype(a.dtype, device), a.seed, a.batch_size, a.overwrite, stages=_stages(a))
     _print_compress_summary(log, a.out)
@@ -159,7 +192,7 @@ def _compress_baseline(a: argparse.Namespace, device, dtype) -> int:
     from gqsa.workflow import compress_baseline_folder
     log = compress_baseline_folder(a.model, a.out, a.method, a.pattern, a.bits, a.group_size, a.sparsity, a.calib,
                                    a.nsamples, a.seqlen, device, dtype, a.seed, a.batch_size, a.overwrite,
-                                   skip=tuple(a.skip), sym=a.sym)
+                                   sym=a.sym, **({} if a.skip is None else {"skip": tuple(a.skip)}))
     _table([("output", a.out), ("method", f"{a.method} {log['settings']}"),
             ("bits per weight (convention in docs/results.md)", f"{log['bits_per_weight']:.3f}"),
             ("time", f"{log['seconds']:.1f} s")])
@@ -190,7 +223,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from gqsa.loading import pick_device, pick_dtype
     device = pick_device(a.device)
     results = evaluate_perplexities(a.model, a.ppl, a.seqlen, device, pick_dtype(a.dtype, device), a.max_windows,
-                                    a.tasks, a.limit)
+                                    a.tasks, a.limit, verify=not a.no_verify)
     for name, r in results["ppl"].items():
         print(f"{name}: perplexity {r['ppl']:.3f} over {r['windows']} windows of {r['seqlen']} tokens")
     for name, r in results["tasks"].items():
@@ -203,14 +236,17 @@ def cmd_eval(a: argparse.Namespace) -> int:
 def cmd_generate(a: argparse.Namespace) -> int:
     from gqsa.evaluate import generate_text
     from gqsa.loading import pick_device, pick_dtype
+    if not a.prompt.strip() and not a.chat:
+        raise ValueError("--prompt is empty: give some text to continue (or --chat to answer an empty message)")
     device = pick_device(a.device)
-    print(generate_text(a.model, a.prompt, a.max_new_tokens, device, pick_dtype(a.dtype, device), a.chat))
+    print(generate_text(a.model, a.prompt, a.max_new_tokens, device, pick_dtype(a.dtype, device), a.chat,
+                        verify=not a.no_verify))
     return 0
 
 
 def cmd_info(a: argparse.Namespace) -> int:
     from gqsa.evaluate import folder_info
-    info = folder_info(a.path)
+    info = folder_info(a.path, verify=not a.no_verify)
     _table([(k, str(v)) for k, v in info.items() if k != "layers"])
     if a.layers:
         for layer in info["layers"]:
@@ -237,6 +273,22 @@ def main(argv: list[str] | None = None) -> int:
     except (ValueError, FileExistsError, FileNotFoundError) as e:
         print(f"gqsa {args.command}: error: {e}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print(f"\ngqsa {args.command}: interrupted{_resume_hint(args)}", file=sys.stderr)
+        return 130
+
+
+def _resume_hint(a: argparse.Namespace) -> str:
+    """What an interrupted ``gqsa compress`` kept, and how to continue it."""
+    if a.command != "compress" or a.method != "gqsa":
+        return ""
+    from gqsa.train.checkpoint import finished_blocks
+    folder = Path(a.checkpoint_dir or f"{a.out}.checkpoint")
+    n = finished_blocks(folder)
+    if not n:
+        return "; no block had finished, nothing was written"
+    again = " ".join(sys.argv[1:]) if "--resume" in sys.argv else " ".join(sys.argv[1:] + ["--resume"])
+    return f"; {n} finished blocks are kept in {folder}. Continue with: gqsa {again}"
 
 
 if __name__ == "__main__":

@@ -119,6 +119,11 @@ class GQSAConfig:
         return any(name == s or name.endswith("." + s) for s in self.skip)
 
 
+def unmatched_skips(skip: tuple[str, ...], names: list[str]) -> list[str]:
+    """The entries of ``skip`` (module names or their last parts) that name none of ``names``."""
+    return [s for s in skip if not any(n == s or n.endswith("." + s) for n in names)]
+
+
 def require(ok: bool, message: str) -> None:
     """Raise ValueError(message) unless ``ok``: the validation step of every config dataclass."""
     if not ok:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -17,15 +18,18 @@ from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_mode
 
 def evaluate_perplexities(model_name: str, texts: list[str], seqlen: int, device: torch.device,
                           dtype: torch.dtype, max_windows: int | None = None, tasks: list[str] = (),
-                          limit: int | None = None) -> dict[str, Any]:
+                          limit: int | None = None, verify: bool = True) -> dict[str, Any]:
     """Perplexity of one model on each held-out text (GPTQ protocol: joined with "\\n\\n",
     whole non-overlapping windows), and acc/acc_norm on local multiple-choice tasks."""
     path = resolve_model(model_name)
-    model = load_model(path, device, dtype)
+    model = load_model(path, device, dtype, verify=verify)
     tokenizer = load_tokenizer(path)
     out: dict[str, Any] = {"model": model_name, "compressed": is_compressed(path), "ppl": {}, "tasks": {}}
     for name in texts:
         tokens = eval_tokens(tokenizer, load_texts(name, "eval"))
+        windows = tokens.numel() // seqlen if max_windows is None else min(max_windows, tokens.numel() // seqlen)
+        print(f"gqsa eval: perplexity on {name}: {windows} windows of {seqlen} tokens on {device}"
+              + ("" if max_windows else " (--max-windows N evaluates fewer)"), file=sys.stderr, flush=True)
         out["ppl"][name] = perplexity(model, tokens, seqlen=seqlen, device=device, max_windows=max_windows)
     for name in tasks:
         out["tasks"][name] = evaluate_mc(model, tokenizer, load_mc_tasks(name), limit=limit, device=device)
@@ -33,10 +37,10 @@ def evaluate_perplexities(model_name: str, texts: list[str], seqlen: int, device
 
 
 def generate_text(model_name: str, prompt: str, max_new_tokens: int, device: torch.device, dtype: torch.dtype,
-                  chat: bool = False) -> str:
+                  chat: bool = False, verify: bool = True) -> str:
     """Greedy continuation of ``prompt`` (optionally through the chat template)."""
     path = resolve_model(model_name)
-    model = load_model(path, device, dtype)
+    model = load_model(path, device, dtype, verify=verify)
     tokenizer = load_tokenizer(path)
     if chat:
         ids = tokenizer.apply_chat_template([{"role": "user", "content": prompt}], add_generation_prompt=True,
@@ -55,11 +59,13 @@ def _weighted_sparsity(layers: list[dict[str, Any]]) -> float:
     return sum(l["sparsity"] * l["shape"][0] * l["shape"][1] for l in layers) / max(1, total)
 
 
-def folder_info(path: str | Path) -> dict[str, Any]:
-    """Bytes on disk, effective bits per weight, per-layer sparsity and the stages that ran."""
-    from gqsa.hf import load
+def folder_info(path: str | Path, verify: bool = True) -> dict[str, Any]:
+    """Bytes on disk, effective bits per weight, per-layer sparsity and the stages that ran;
+    ``verify``: check the weight files' sha256 first (``checksums`` says how many matched)."""
+    from gqsa.hf import load, verify_checksums
     t = time.perf_counter()
-    model = load(path, device="cpu")
+    checked = verify_checksums(path) if verify else None
+    model = load(path, device="cpu", verify=False)
     stats = model_stats(model)
     log = read_log(path)
     info = {"path": str(path), "bytes_on_disk": folder_bytes(path),
@@ -69,5 +75,7 @@ def folder_info(path: str | Path) -> dict[str, Any]:
             "mean_sparsity": round(_weighted_sparsity(stats["layers"]), 4),
             "config": {k: v for k, v in model.config.quantization_config.items() if k != "layers"},
             "stages": list((model.config.quantization_config.get("stages") or {}).keys()),
+            "checksums": "not checked" if checked is None else (f"{checked} files match" if checked else
+                                                                  "none recorded"),
             "load_seconds": round(time.perf_counter() - t, 2), "layers": stats["layers"]}
     return info

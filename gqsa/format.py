@@ -146,3 +146,36 @@ def dequantize(p: PackedGQS, dtype: torch.dtype = torch.float32) -> torch.Tensor
     dense = torch.zeros(p.out_features, ng, p.group_size, dtype=dtype, device=w.device)
     dense = dense.index_put((rows, p.col_idx.to(torch.int64)), w)
     return dense.reshape(p.out_features, p.in_features)
+
+
+def validate_packed(p: PackedGQS, name: str = "layer") -> None:
+    """Raise a ValueError naming the layer unless ``p`` is a well-formed packed layer.
+
+    Checked: every tensor's dtype and shape, row pointers (start at 0, never decrease, end at
+    nnz), column-group indices (in ``[0, K/G)``, strictly ascending within each row) and zero
+    points (on the b-bit grid), and scales (finite). Damaged or hand-edited tensors fail here,
+    at load, instead of reading out of bounds in a kernel or giving silently wrong outputs.
+    """
+    n, k, g, bits = p.out_features, p.in_features, p.group_size, p.bits
+    nnz = int(p.col_idx.shape[0]) if p.col_idx.dim() == 1 else -1
+    expect = {"codes": ((nnz, g * bits // 8), torch.uint8), "col_idx": ((nnz,), torch.int16),
+              "row_ptr": ((n + 1,), torch.int32), "scales": ((nnz,), torch.float16), "zeros": ((nnz,), torch.uint8)}
+    for t, (shape, dtype) in expect.items():
+        got = getattr(p, t)
+        if got.dtype != dtype or tuple(got.shape) != shape:
+            raise ValueError(f"{name}: packed tensor {t!r} is {got.dtype} {tuple(got.shape)}, expected {dtype} {shape}")
+    ptr, col = p.row_ptr.to(torch.int64), p.col_idx.to(torch.int64)
+    if int(ptr[0]) != 0 or int(ptr[-1]) != nnz or bool((ptr[1:] < ptr[:-1]).any()):
+        raise ValueError(f"{name}: row_ptr must rise from 0 to the kept-group count {nnz} without decreasing "
+                         f"(starts at {int(ptr[0])}, ends at {int(ptr[-1])})")
+    if nnz and (int(col.min()) < 0 or int(col.max()) >= k // g):
+        raise ValueError(f"{name}: col_idx holds {int(col.min())}..{int(col.max())}, outside [0, {k // g}) "
+                         f"(the layer has {k // g} groups per row)")
+    same_row = row_of_groups(p.row_ptr)[1:] == row_of_groups(p.row_ptr)[:-1]
+    if bool((same_row & (col[1:] <= col[:-1])).any()):
+        raise ValueError(f"{name}: col_idx is not strictly ascending within a row (a group is stored twice or "
+                         f"out of order)")
+    if nnz and int(p.zeros.max()) > (1 << bits) - 1:
+        raise ValueError(f"{name}: a zero point is {int(p.zeros.max())}, above the {bits}-bit grid's {(1 << bits) - 1}")
+    if not bool(torch.isfinite(p.scales).all()):
+        raise ValueError(f"{name}: a scale is not finite (NaN or inf)")

@@ -12,6 +12,7 @@ GQSLinear layers and assigns the safetensors tensors), and, after ``import gqsa`
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shutil
@@ -20,14 +21,16 @@ from pathlib import Path
 from typing import Any
 
 import torch
-from safetensors.torch import load_file
+from safetensors import SafetensorError, safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from gqsa.config import GQSAConfig
-from gqsa.format import FORMAT_VERSION
+from gqsa.format import FORMAT_VERSION, TENSOR_NAMES, validate_packed
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
+
+CHECKSUMS = "gqsa_checksums.json"
 
 TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json", "tokenizer.model",
                    "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json", "chat_template.jinja")
@@ -67,6 +70,8 @@ def save_pretrained_atomic(model: nn.Module, out: str | os.PathLike, source: str
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
         model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        (tmp / CHECKSUMS).write_text(json.dumps({f.name: _sha256(f) for f in sorted(tmp.glob("*.safetensors"))},
+                                                indent=2))
         _copy_tokenizer_files(source, tmp)
         for name, text in (files or {}).items():
             (tmp / name).write_text(text)
@@ -75,6 +80,60 @@ def save_pretrained_atomic(model: nn.Module, out: str | os.PathLike, source: str
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 24), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def weight_files(path: str | os.PathLike) -> list[Path]:
+    """The safetensors files of a local model folder; a clear error when there are none
+    (gqsa never unpickles weights, so a folder with only ``.bin`` files is refused)."""
+    path = Path(path)
+    files = sorted(path.glob("*.safetensors"))
+    if files:
+        return files
+    pickled = sorted(p.name for p in path.glob("*.bin")) + sorted(p.name for p in path.glob("*.pt"))
+    if pickled:
+        raise ValueError(f"{path} holds only pickled weights ({', '.join(pickled[:3])}); gqsa reads safetensors only, "
+                         f"as pickle files can run code. Convert it where you trust it: "
+                         f"AutoModelForCausalLM.from_pretrained(folder).save_pretrained(new_folder)")
+    raise ValueError(f"{path} holds no weight files (*.safetensors)")
+
+
+def verify_checksums(path: str | os.PathLike) -> int:
+    """Check every weight file against the sha256 recorded at save time (``gqsa_checksums.json``);
+    returns the number of files checked (0 when the folder has no record, as for folders gqsa
+    did not write). A ValueError names a damaged or changed file."""
+    weight_files(path)
+    record = Path(path) / CHECKSUMS
+    if not record.exists():
+        return 0
+    expected = json.loads(record.read_text())
+    for name, digest in expected.items():
+        f = Path(path) / name
+        if not f.exists():
+            raise ValueError(f"{f} is missing (listed in {CHECKSUMS})")
+        if _sha256(f) != digest:
+            raise ValueError(f"{f} does not match the sha256 recorded when it was saved: the file is damaged or was "
+                             f"changed (pass --no-verify / verify=False to load it anyway)")
+    return len(expected)
+
+
+def read_safetensors(files: list[Path], device: str = "cpu") -> dict[str, torch.Tensor]:
+    """All tensors of ``files``; a truncated or non-safetensors file is a ValueError naming it."""
+    state = {}
+    for f in files:
+        try:
+            with safe_open(f, framework="pt", device=device) as st:
+                state.update({k: st.get_tensor(k) for k in st.keys()})
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"{f} is truncated or not a safetensors file ({e})") from None
+    return state
 
 
 def _copy_tokenizer_files(source: str | os.PathLike | None, dest: Path) -> None:
@@ -128,25 +187,50 @@ def replace_with_gqs_layers(model: nn.Module, qc: dict, device: torch.device | s
 
 
 def load(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
-         trust_remote_code: bool = False) -> nn.Module:
+         trust_remote_code: bool = False, verify: bool = True) -> nn.Module:
     """Load a gqsa-compressed folder as a transformers causal LM on ``device``.
 
     ``dtype`` is the dtype of the dense parts (embeddings, norms, skipped layers);
-    default: the dtype saved in the config.
+    default: the dtype saved in the config. ``verify``: check the weight files against the
+    sha256 recorded at save time (reads every byte once; turn off for huge models you trust).
+    Every packed layer is validated (:func:`gqsa.format.validate_packed`) and every weight of
+    the model must come from the folder: anything missing or unexpected is a ValueError.
     """
     qc = read_quantization_config(path)
+    files = weight_files(path)
+    if verify:
+        verify_checksums(path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     config.quantization_config = None
     dtype = dtype or _config_dtype(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     replace_with_gqs_layers(model, qc, device="meta")
-    state = {}
-    for f in sorted(Path(path).glob("*.safetensors")):
-        state.update(load_file(f, device=str(device)))
+    state = read_safetensors(files, str(device))
+    _check_kept_counts(qc, state)
     _load_state(model, state, dtype)
+    validate_layers(model)
     model.config.quantization_config = qc
     return model.eval()
+
+
+def _check_kept_counts(qc: dict, state: dict[str, torch.Tensor]) -> None:
+    """config.json's kept-group count of each layer against the stored tensors' shapes."""
+    for name, info in qc["layers"].items():
+        stored = state.get(f"{name}.col_idx")
+        if stored is None:
+            raise ValueError(f"{name}: the weight files hold no packed tensors for this layer "
+                             f"(config.json lists it as compressed)")
+        if stored.shape[0] != info["nnz"]:
+            raise ValueError(f"{name}: config.json says {info['nnz']} kept groups, the weight files hold "
+                             f"{stored.shape[0]}: config.json and the weights do not belong together")
+
+
+def validate_layers(model: nn.Module) -> None:
+    """:func:`gqsa.format.validate_packed` on every GQSLinear of ``model``."""
+    for name, m in model.named_modules():
+        if isinstance(m, GQSLinear):
+            validate_packed(m.packed(), name)
 
 
 def _config_dtype(config) -> torch.dtype:
@@ -156,10 +240,12 @@ def _config_dtype(config) -> torch.dtype:
 
 def _load_state(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
     """Assign saved tensors (floating dense ones cast to ``dtype``), tie weights, check completeness."""
-    gqs_names = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, GQSLinear)
-                 for t in ("codes", "col_idx", "row_ptr", "scales", "zeros")}
+    gqs_names = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, GQSLinear) for t in TENSOR_NAMES}
     state = {k: (v.to(dtype) if v.is_floating_point() and k not in gqs_names else v) for k, v in state.items()}
-    missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    try:
+        missing, unexpected = model.load_state_dict(state, strict=False, assign=True)
+    except RuntimeError as e:  # size mismatches
+        raise ValueError(f"checkpoint does not match the model: {str(e).splitlines()[-1].strip()}") from None
     model.tie_weights()
     _rebuild_meta_buffers(model, next(iter(state.values())).device)
     still_meta = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]

@@ -15,7 +15,7 @@ from transformers.quantizers.auto import (AUTO_QUANTIZATION_CONFIG_MAPPING, AUTO
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from gqsa.hf import check_format_version, replace_with_gqs_layers
+from gqsa.hf import check_format_version, replace_with_gqs_layers, validate_layers
 
 
 class GQSAQuantizationConfig(QuantizationConfigMixin):
@@ -45,6 +45,10 @@ class GQSAHfQuantizer(HfQuantizer):
 
     def _process_model_before_weight_loading(self, model, **kwargs):
         replace_with_gqs_layers(model, self.quantization_config.to_dict(), device="meta")
+        return model
+
+    def _process_model_after_weight_loading(self, model, **kwargs):
+        validate_layers(model)
         return model
 
     def is_serializable(self) -> bool:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from gqsa.config import GQSAConfig
+from gqsa.config import GQSAConfig, unmatched_skips
 from gqsa.format import check_shape, pack_layer
 from gqsa.layer import GQSLinear
 from gqsa.models import find_blocks, find_linears, set_submodule
@@ -208,6 +208,14 @@ class _BlockJob:
         return self.config
 
 
+def _check_skips(model: nn.Module, config: Any) -> None:
+    """A ``skip`` entry that names no module of ``model`` is a typo, not a no-op: ValueError."""
+    unmatched = unmatched_skips(config.skip, [n for n, _ in model.named_modules()])
+    if unmatched:
+        raise ValueError(f"skip names {unmatched} match no module of the model (names are module paths or their "
+                         f"last parts, such as lm_head, mlp.down_proj or model.layers.3.self_attn.o_proj)")
+
+
 def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: torch.device | str | None = None,
              batch_size: int = 8, progress: bool = True, after_block: AfterBlock | None = None,
              start_block: int = 0, solve: LayerSolve = solve_layer, dense: bool = False,
@@ -235,6 +243,7 @@ def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: 
     """
     t0 = time.perf_counter()
     device = torch.device(device) if device is not None else next(model.parameters()).device
+    _check_skips(model, config)
     blocks_name, blocks = find_blocks(model)
     start = _first_block(start_block, checkpoint, fp_targets, len(blocks))
     job = _BlockJob(config, blocks_name, batch_size, solve, dense, after_block, checkpoint, len(blocks))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -14,7 +15,7 @@ from gqsa.config import GQSAConfig
 from gqsa.data import calibration_windows, load_texts
 from gqsa.hf import save_compressed
 from gqsa.info import folder_bytes, model_stats
-from gqsa.loading import load_model, load_tokenizer, resolve_model
+from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_model
 from gqsa.pipeline import compress
 from gqsa.train.bqpo import BQPOConfig, bqpo_hook, summarize
 from gqsa.train.checkpoint import BlockCheckpoint, run_fingerprint
@@ -53,11 +54,13 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     times: dict[str, float] = {}
     t = time.perf_counter()
-    source = resolve_model(model_name)
+    source = resolve_uncompressed(model_name)
     model = load_model(source, torch.device("cpu"), dtype)
     tokenizer = load_tokenizer(source)
     times["load"] = time.perf_counter() - t
     ids = calibration_windows(tokenizer, load_texts(calib, "calibration"), nsamples, seqlen, seed)
+    if progress:
+        _say_plan(model, config, ids, calib, device, dtype, stages)
     ckpt = BlockCheckpoint(stages.checkpoint_dir or f"{out}.checkpoint",
                            run_fingerprint(model, config, ids, bqpo=stages.bqpo and stages.bqpo.to_dict()),
                            resume=stages.resume)
@@ -95,6 +98,30 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
     return log
 
 
+def _say_plan(model, config: GQSAConfig, ids: torch.Tensor, calib: str, device: torch.device,
+              dtype: torch.dtype, stages: Stages) -> None:
+    """One line on stderr saying what the run will do, before the long part starts."""
+    from gqsa.models import find_blocks
+    steps = ["one-shot"] + ([f"BQPO {stages.bqpo.epochs} epochs"] if stages.bqpo else []) + \
+        ([f"E2E-OQP {stages.e2e.epochs} epochs on {stages.e2e_nsamples} x {stages.e2e_seqlen} tokens"] if stages.e2e else [])
+    slow = device.type == "cpu" and ids.numel() >= 64 * 2048
+    print(f"gqsa compress: {len(find_blocks(model)[1])} blocks at G{config.group_size} W{config.bits} "
+          f"S{config.sparsity:g}; calibration {ids.shape[0]} x {ids.shape[1]} tokens of {calib}; {device} "
+          f"{str(dtype).replace('torch.', '')}; {', then '.join(steps)}"
+          + ("; on a 2-core CPU this takes about a minute per block (--nsamples/--seqlen make it shorter)"
+             if slow else ""), file=sys.stderr, flush=True)
+
+
+def resolve_uncompressed(model_name: str) -> str:
+    """:func:`resolve_model`, refusing a folder that gqsa already compressed: its config would no
+    longer describe its codes. Compress the original model instead."""
+    source = resolve_model(model_name)
+    if is_compressed(source):
+        raise ValueError(f"{model_name} is already gqsa-compressed; compress the original model instead "
+                         f"(its path is in {Path(source) / 'gqsa_log.json'}, key 'source')")
+    return source
+
+
 def _source_dtype(source: str, fallback: torch.dtype) -> torch.dtype:
     """The dtype the original checkpoint was stored in (``dtype`` in its config.json), else ``fallback``."""
     cfg = Path(source) / "config.json"
@@ -114,7 +141,7 @@ def compress_baseline_folder(model_name: str, out: str | Path, method: str, patt
     from gqsa.baselines import compress_method, save_method
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
-    source = resolve_model(model_name)
+    source = resolve_uncompressed(model_name)
     model = load_model(source, torch.device("cpu"), dtype)
     ids = None
     if method != "rtn":

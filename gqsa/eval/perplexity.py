@@ -54,6 +54,9 @@ def perplexity(
             total_nll += nll
             total_tokens += count
     nll = total_nll / total_tokens
+    if not math.isfinite(nll):
+        raise ValueError(f"the model's loss is {nll} on these windows, so it has no perplexity: its weights are "
+                         f"damaged (NaN or inf) or it overflows in this dtype (try --dtype float32)")
     return {
         "ppl": math.exp(nll),
         "nll": nll,

@@ -34,6 +34,7 @@ import hashlib
 import json
 import os
 import shutil
+import sys
 from pathlib import Path
 from typing import Any, Callable
 
@@ -82,6 +83,8 @@ class BlockCheckpoint:
         if found is not None and resume:
             _check_same_run(found["fingerprint"], self.fingerprint, self.folder)
             self._records = found["blocks"]
+            print(f"gqsa: resuming from {self.folder}: {len(self._records)} finished blocks are kept",
+                  file=sys.stderr, flush=True)
         else:
             self._records = []
             self.folder.mkdir(parents=True, exist_ok=True)
@@ -144,6 +147,14 @@ class BlockCheckpoint:
         text = json.dumps({"version": CHECKPOINT_VERSION, "fingerprint": self.fingerprint,
                            "blocks": self._records}, indent=1)
         atomic_write(self.folder / PROGRESS, lambda tmp: tmp.write_text(text))
+
+
+def finished_blocks(folder: str | os.PathLike) -> int:
+    """Number of finished blocks in a checkpoint folder (0 when there is none or it is unreadable)."""
+    try:
+        return len(json.loads((Path(folder) / PROGRESS).read_text())["blocks"])
+    except (OSError, ValueError, KeyError, TypeError):
+        return 0
 
 
 def gqs_layout(block: nn.Module) -> dict[str, dict[str, Any]]:
