@@ -2,7 +2,7 @@
 
 The interpreter tests run the kernels' semantics on CPU but never lower them, so a
 construct only the GPU compiler rejects would first fail on the device. This runs
-``python -m gqsa.kernels.aot`` in a fresh process (no TRITON_INTERPRET, an empty
+``python -m gqsa.bench.aot`` in a fresh process (no TRITON_INTERPRET, an empty
 Triton cache) and requires every variant to compile with the ptxas in Triton's wheel.
 """
 
@@ -22,7 +22,7 @@ PTXAS = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", "bi
 def test_all_kernels_compile_for_sm90(tmp_path):
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
-    run = subprocess.run([sys.executable, "-m", "gqsa.kernels.aot"], env=env, capture_output=True, text=True,
+    run = subprocess.run([sys.executable, "-m", "gqsa.bench.aot"], env=env, capture_output=True, text=True,
                          timeout=600)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     assert "0 of " in run.stdout and run.stdout.count("\nok ") + run.stdout.startswith("ok ") >= 20
@@ -39,7 +39,7 @@ def test_decode_kernel_loads_whole_lanes_per_thread(tmp_path):
     (5 shuffles over 32 lanes, one shared-memory round trip to store) (docs/engine.md §5.8)."""
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["TRITON_CACHE_DIR"] = str(tmp_path)
-    code = ("from gqsa.kernels.sass import decode_mix; ops, n = decode_mix(); "
+    code = ("from gqsa.bench.sass import decode_mix; ops, n = decode_mix(); "
             "print(n, ops['LDG.E.64'], ops['LDG.E.128'], ops['I2FP'], ops['SHFL'], ops['LDS.U16'], ops['BAR'])")
     run = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
