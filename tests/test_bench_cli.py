@@ -37,7 +37,8 @@ def _run(entry: str, args: list[str], via_cli: bool = False) -> subprocess.Compl
     if via_cli:
         tail = f"from gqsa.cli import main; sys.exit(main(['bench', {entry!r}, *{args!r}]))"
     else:
-        tail = f"sys.argv = ['gqsa.bench.{entry}', *{args!r}]; runpy.run_module('gqsa.bench.{entry}', run_name='__main__')"
+        tail = (f"sys.argv = ['gqsa.bench.{entry}', *{args!r}]; "
+                f"runpy.run_module('gqsa.bench.{entry}', run_name='__main__')")
     return subprocess.run([sys.executable, "-c", HIDE_TRITON + tail], capture_output=True, text=True, timeout=300)
 
 

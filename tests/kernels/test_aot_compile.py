@@ -36,8 +36,8 @@ NVDISASM = os.path.join(os.path.dirname(triton.__file__), "backends", "nvidia", 
 
 @pytest.mark.skipif(not (os.path.exists(PTXAS) and os.path.exists(NVDISASM)), reason="no ptxas/nvdisasm")
 @pytest.mark.skipif(not triton.__version__.startswith(SASS_TRITON + "."),
-                    reason=f"the SASS budget was calibrated on Triton {SASS_TRITON}.x (pip install 'triton=={SASS_TRITON}.*'"
-                           f" or the test extra); installed: {triton.__version__}")
+                    reason=f"the SASS budget was calibrated on Triton {SASS_TRITON}.x "
+                           f"(pip install 'triton=={SASS_TRITON}.*' or the test extra); installed: {triton.__version__}")
 def test_decode_kernel_loads_whole_lanes_per_thread(tmp_path):
     """The batch-1 decode kernel as the JIT specialises it (4 steps of 16-weight lanes per thread):
     per lane and step one 64-bit load of the codes and two 128-bit loads of activations, one
