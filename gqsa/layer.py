@@ -108,7 +108,7 @@ class GQSLinear(nn.Module):
         return KernelPlan(*(getattr(self, name) for name in PLAN_TENSORS), *self.plan_lens)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        from gqsa.kernels.dispatch import gqs_linear
+        from gqsa.kernels.ops import gqs_linear
         if x.is_cuda and self.prog_rows is None and not torch.compiler.is_compiling():
             self.prepare_kernels()
         return gqs_linear(x, self.packed(), self.bias, self.kernel_plan(), self.schedule)

@@ -1,9 +1,8 @@
-"""The benchmark tables (gqsa.bench.report, gqsa.bench.decode) from hand-made JSON records."""
+"""The benchmark tables (gqsa.bench.report) from hand-made JSON records."""
 
 from __future__ import annotations
 
-from gqsa.bench.decode import print_decode_table
-from gqsa.bench.report import print_kernel_table, shape_rows
+from gqsa.bench.report import print_decode_table, print_kernel_table, shape_rows
 
 
 def _kernel_result(with_floor: bool = True) -> dict:

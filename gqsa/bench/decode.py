@@ -26,6 +26,8 @@ from torch import nn
 from transformers import LlamaConfig, LlamaForCausalLM
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
+from gqsa.bench import require_triton
+from gqsa.bench.report import print_decode_table
 from gqsa.bench.synth import random_packed
 from gqsa.bench.timing import capture_graph, event_times
 from gqsa.layer import GQSLinear
@@ -185,6 +187,7 @@ def main(argv: list[str] | None = None) -> dict:
                          "the eager step, and the same with torch.compile'd blocks inside")
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    require_triton("gqsa bench decode")
     if not torch.cuda.is_available():
         raise SystemExit("gqsa bench decode needs a CUDA GPU")
     os.makedirs(args.out, exist_ok=True)
@@ -199,20 +202,6 @@ def main(argv: list[str] | None = None) -> dict:
             json.dump(result, f, indent=1)
     print_decode_table(result)
     return result
-
-
-def print_decode_table(result: dict) -> None:
-    recs = result["records"]
-    base = recs[0]
-    print(f"\ndecode, {result['device']}, prompt {result['config']['prompt']}, {result['config']['tokens']} new tokens")
-    cols = [k for k in base if k.startswith("tok_s")]
-    print("variant      TTFT ms (x fp16, mode)  " + "  ".join(f"{c + ' (x fp16, mode)':>26}" for c in cols)
-          + "   peak GB  weights GB")
-    for r in recs:
-        ttft = f"{r['ttft_ms']:8.1f} ({r['ttft_ms'] / base['ttft_ms']:4.2f}x, {r.get('best_ttft', 'eager'):>5})"
-        print(f"{r['variant']:<12}{ttft}  " + "  ".join(
-            f"{r[c]:10.1f} ({r[c] / base[c]:4.2f}x, {r.get('best_' + c[6:], 'graph'):>7})" for c in cols)
-            + f"  {r['peak_gb']:8.2f}  {r['weights_gb']:9.2f}")
 
 
 if __name__ == "__main__":

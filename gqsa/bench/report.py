@@ -1,12 +1,16 @@
-"""Tables and plots of the benchmark JSON (read by the CLI, docs/engine.md and gpu_all.sh)."""
+"""Tables and plots of the benchmark JSON (read by the CLI, docs/engine.md and gpu_all.sh).
+
+The kernel, tune and decode benchmarks print through this module; it imports none of them
+(nor Triton), so ``python -m gqsa.bench.report DIR`` runs anywhere.
+"""
 
 from __future__ import annotations
 
+import argparse
 import json
 import math
 import os
 import re
-import sys
 
 BASELINES = ("fp16", "int4_tinygemm", "sparse24_cslt", "triton24_fp16", "triton24_int4")
 TARGETS = {  # batch-1 targets on the LLaMA-2-7B shapes, W4 S50 G16 (gqsa speedup over each)
@@ -146,14 +150,58 @@ def print_all_shapes(result: dict, m: int = 1) -> None:
         print(f"{model:<12} {n:>5}x{k:<6} " + " ".join(_fmt(v) for v in row) + f"  {_fmt(x, '6.2f')}")
 
 
+def print_tune_summary(recs: list[dict]) -> None:
+    """The tune sweeps' records (:mod:`gqsa.bench.tune`): the best config per case, the schedule sweep
+    and the small-M crossover."""
+    print("\n== decode rows schedule (S50 W4 G16), microseconds ==")
+    for key in sorted({(r["n"], r["k"], r["pattern"], r["m"]) for r in recs if r.get("sweep") == "rows"}):
+        rs = [r for r in recs if r.get("sweep") == "rows" and (r["n"], r["k"], r["pattern"], r["m"]) == key]
+        best = min((r for r in rs if r["kind"] == "rows"), key=lambda r: r["us"])
+        cfgs = " ".join(f"{r['cfg']}={r['us']:.1f}" for r in rs if r["kind"] == "rows")
+        noplan = next(r["us"] for r in rs if r["kind"] == "rows_noplan")
+        print(f"{key[0]}x{key[1]} {key[2]:<8} M={key[3]:<3} best {best['us']:6.1f} ({best['cfg']}) "
+              f"no-plan {noplan:6.1f} | {cfgs}")
+    print("\n== decode tasks schedule, batch 1, microseconds ==")
+    for key in sorted({(r["n"], r["k"], r["pattern"]) for r in recs if r.get("sweep") == "tasks"}):
+        rs = [r for r in recs if r.get("sweep") == "tasks" and (r["n"], r["k"], r["pattern"]) == key]
+        print(f"{key[0]}x{key[1]} {key[2]:<8} " + " ".join(f"{r['kind'][6:]}={r['us']:.1f}" for r in rs))
+    print("\n== small M (S50 W4 G16), microseconds ==")
+    for key in sorted({(r["n"], r["k"], r["m"]) for r in recs if r.get("sweep") == "small_m"}):
+        rs = [r for r in recs if r.get("sweep") == "small_m" and (r["n"], r["k"], r["m"]) == key]
+        by = {r["kind"]: r for r in rs if r["kind"] != "gemm"}
+        g = min((r for r in rs if r["kind"] == "gemm"), key=lambda r: r["us"])
+        gv = (f"gemv {by['gemv']['us']:7.1f}  smallm {by['smallm']['us']:7.1f}" if "gemv" in by
+              else " " * 27)
+        print(f"{key[0]}x{key[1]} M={key[2]:<5} fp16 {by['fp16']['us']:7.1f}  {gv}  dense {by['dense']['us']:7.1f}"
+              f"  gemm {g['us']:7.1f} ({g['cfg']}) | " + " ".join(f"{r['cfg']}={r['us']:.1f}" for r in rs
+                                                                   if r["kind"] == "gemm"))
+
+
+def print_decode_table(result: dict) -> None:
+    """The decode benchmark's table (:mod:`gqsa.bench.decode`): TTFT and tokens/s per variant, x FP16."""
+    recs = result["records"]
+    base = recs[0]
+    print(f"\ndecode, {result['device']}, prompt {result['config']['prompt']}, {result['config']['tokens']} new tokens")
+    cols = [k for k in base if k.startswith("tok_s")]
+    print("variant      TTFT ms (x fp16, mode)  " + "  ".join(f"{c + ' (x fp16, mode)':>26}" for c in cols)
+          + "   peak GB  weights GB")
+    for r in recs:
+        ttft = f"{r['ttft_ms']:8.1f} ({r['ttft_ms'] / base['ttft_ms']:4.2f}x, {r.get('best_ttft', 'eager'):>5})"
+        print(f"{r['variant']:<12}{ttft}  " + "  ".join(
+            f"{r[c]:10.1f} ({r[c] / base[c]:4.2f}x, {r.get('best_' + c[6:], 'graph'):>7})" for c in cols)
+            + f"  {r['peak_gb']:8.2f}  {r['weights_gb']:9.2f}")
+
+
 def main(argv: list[str] | None = None) -> None:
     """``python -m gqsa.bench.report DIR``: print the tables of DIR's tune/kernels/decode JSON."""
-    out = (argv if argv is not None else sys.argv[1:] or ["bench_out"])[0]
+    ap = argparse.ArgumentParser(prog="gqsa bench report",
+                                 description="Print the tables of a benchmark folder's tune/kernels/decode JSON.")
+    ap.add_argument("out", nargs="?", default="bench_out", help="folder holding tune.json, kernels.json, decode.json")
+    out = ap.parse_args(argv).out
     path = os.path.join(out, "tune.json")
     if os.path.exists(path):
-        from gqsa.bench.tune import summarize
         with open(path) as f:
-            summarize(json.load(f))
+            print_tune_summary(json.load(f))
     path = os.path.join(out, "kernels.json")
     if os.path.exists(path):
         with open(path) as f:
@@ -163,7 +211,6 @@ def main(argv: list[str] | None = None) -> None:
         print_kernel_table(result)
     path = os.path.join(out, "decode.json")
     if os.path.exists(path):
-        from gqsa.bench.decode import print_decode_table
         with open(path) as f:
             print_decode_table(json.load(f))
 

@@ -1,12 +1,15 @@
 """Choose the compute path of GQSLinear: the GPU kernels on CUDA, the reference elsewhere.
 
-Rules (the measurements behind each number are in docs/engine.md):
+Pure choices (no kernel is imported here); :mod:`gqsa.kernels.ops` asks them and runs
+the answer. Rules (the measurements behind each number are in docs/engine.md):
 
-* not CUDA, or autograd needs the graph (x or the scales require grad): the
-  pure-PyTorch reference :func:`gqsa.kernels.reference.gqs_linear_ref`;
+* not CUDA, or autograd needs the graph (x or the scales require grad), or x is not
+  fp16/bf16: the pure-PyTorch reference :func:`gqsa.kernels.reference.gqs_linear_ref`
+  (:func:`use_reference`); otherwise, by :func:`choose_kernel`:
 * M = x rows <= ``GEMV_MAX_BATCH``: the decode kernel (:mod:`gqsa.kernels.gemv`),
   with the layer's schedule (``rows`` unless rows are extremely skewed, see
   :func:`choose_schedule`);
+* no kernel plan: dequantize with torch ops, then cuBLAS (slow; ops warns);
 * M <= ``SMALLM_MAX_BATCH``: the small-batch tensor-core kernel
   (:mod:`gqsa.kernels.smallm`);
 * M < ``DENSE_MIN_BATCH`` on layers of at least ``GEMM_MIN_WEIGHTS`` weights: the split-K
@@ -19,8 +22,6 @@ from __future__ import annotations
 import torch
 
 from gqsa.format import PackedGQS
-from gqsa.kernels.plan import KernelPlan
-from gqsa.kernels.reference import gqs_linear_ref
 
 GEMV_MAX_BATCH = 2  # decode kernel up to here (H100, 4096^2 S50: 11.0 us at M=2 vs 15.0 small-batch kernel)
 SMALLM_MAX_BATCH = 32  # small-batch kernel up to here (H100, 4096^2 S50: 15.1 us at M=4 vs 17.6 decode,
@@ -55,15 +56,26 @@ def choose_schedule(row_ptr: torch.Tensor) -> str:
     return "tasks" if skew >= TASKS_MIN_SKEW else "rows"
 
 
-def gqs_linear(x: torch.Tensor, packed: PackedGQS, bias: torch.Tensor | None = None,
-               plan: KernelPlan | None = None, schedule: str = "rows") -> torch.Tensor:
-    """``y = x W^T + b`` for a packed GQS weight; same contract as :func:`gqs_linear_ref`.
-
-    ``plan`` and ``schedule`` come from :meth:`gqsa.layer.GQSLinear.prepare_kernels`;
-    without a plan, CUDA inputs still take the decode kernel (rows schedule).
-    """
+def use_reference(x: torch.Tensor, packed: PackedGQS) -> bool:
+    """Whether ``x`` [..., K] takes the pure-PyTorch reference rather than the custom op: off CUDA,
+    when autograd needs the graph, or for activations other than fp16/bf16."""
     needs_grad = torch.is_grad_enabled() and (x.requires_grad or packed.scales.requires_grad)
-    if not x.is_cuda or needs_grad or x.dtype not in (torch.float16, torch.bfloat16):
-        return gqs_linear_ref(x, packed, bias)
-    from gqsa.kernels import ops
-    return ops.call(x, packed, bias, plan, schedule)
+    return not x.is_cuda or needs_grad or x.dtype not in (torch.float16, torch.bfloat16)
+
+
+KERNELS = ("gemv", "torch", "smallm", "gemm", "dense")
+
+
+def choose_kernel(m: int, n: int, k: int, has_plan: bool) -> str:
+    """Path of a CUDA call with M rows on a layer [N, K], one of :data:`KERNELS`: the decode kernel,
+    a torch dequantize (no plan: slow but correct), the small-batch kernel, the split-K GEMM, or the
+    Triton dequantize + cuBLAS."""
+    if m <= GEMV_MAX_BATCH:
+        return "gemv"
+    if not has_plan:
+        return "torch"
+    if m <= SMALLM_MAX_BATCH:
+        return "smallm"
+    if use_gemm(m, n, k):
+        return "gemm"
+    return "dense"

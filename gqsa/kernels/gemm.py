@@ -20,7 +20,6 @@ none, y [M, N] in x's dtype; dense W [N, K] in x's dtype. Accumulation is float3
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -29,10 +28,8 @@ import triton
 import triton.language as tl
 
 from gqsa.format import PackedGQS
-from gqsa.kernels.gemv import _load_codes, code_layout
+from gqsa.kernels.jit import INTERPRET, dense_from_idx, dot_tile, groups_per_step, layout_meta, num_sms, popc32
 from gqsa.kernels.plan import KernelPlan
-
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -45,15 +42,6 @@ class GemmConfig:
     num_warps: int = 4
     num_stages: int = 3
     split_k: int = 0  # 0: enough splits of K for ~4 programs per multiprocessor
-
-
-@triton.jit
-def _popc32(v):
-    """Set bits of each uint32 element (SWAR; portable to the interpreter)."""
-    v = v - ((v >> 1) & 0x55555555)
-    v = (v & 0x33333333) + ((v >> 2) & 0x33333333)
-    v = (v + (v >> 4)) & 0x0F0F0F0F
-    return (v * 0x01010101) >> 24
 
 
 @triton.jit
@@ -70,22 +58,10 @@ def _dense_tile(codes_ptr, scale_ptr, zero_ptr, words_ptr, prefix_ptr, r0, c0, N
     bit = (cg % 32).to(tl.uint32)
     kept = inside & (((word >> bit) & 1) != 0)
     below = word & ((tl.full([L], 1, tl.uint32) << bit) - 1)
-    idx = tl.load(prefix_ptr + row * NW + cg // 32, mask=inside, other=0) + _popc32(below).to(tl.int32)
+    idx = tl.load(prefix_ptr + row * NW + cg // 32, mask=inside, other=0) + popc32(below).to(tl.int32)
     idx = tl.where(kept, idx, 0)
-    return _dense_from_idx(codes_ptr, scale_ptr, zero_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P, BLOCK_N,
-                           BLOCK_KG)
-
-
-@triton.jit
-def _dense_from_idx(codes_ptr, scale_ptr, zero_ptr, idx, kept, BITS: tl.constexpr, BPG: tl.constexpr,
-                    UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, BLOCK_N: tl.constexpr,
-                    BLOCK_KG: tl.constexpr):
-    """Dequantized tile [BLOCK_N, BLOCK_KG*G] fp32 of lanes (row-major) with CSR index idx; 0 where not kept."""
-    q = _load_codes(codes_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P, "")
-    s = tl.load(scale_ptr + idx[:, None, None], mask=kept[:, None, None], other=0.0).to(tl.float32)
-    z = tl.load(zero_ptr + idx[:, None, None], mask=kept[:, None, None], other=0).to(tl.float32)
-    w = (q.to(tl.float32) - z) * s
-    return tl.reshape(w, [BLOCK_N, BLOCK_KG * W * P])
+    return dense_from_idx(codes_ptr, scale_ptr, zero_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P, BLOCK_N,
+                          BLOCK_KG)
 
 
 @triton.jit
@@ -96,19 +72,7 @@ def _gemm_step(acc, c0, x_ptr, stride_xm, ms, M, K, codes_ptr, scale_ptr, zero_p
     """acc [BLOCK_M, BLOCK_N] += x[:, c0*G : (c0+BLOCK_KG)*G] @ W tile^T."""
     w = _dense_tile(codes_ptr, scale_ptr, zero_ptr, words_ptr, prefix_ptr, r0, c0, N, NG, NW,
                     BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
-    return _dot_tile(acc, w, x_ptr, stride_xm, ms, M, K, c0, G, BLOCK_KG, DOT_F32)
-
-
-@triton.jit
-def _dot_tile(acc, w, x_ptr, stride_xm, ms, M, K, c0, G: tl.constexpr, BLOCK_KG: tl.constexpr,
-              DOT_F32: tl.constexpr):
-    """acc [BLOCK_M, BLOCK_N] += x[ms, c0*G : (c0+BLOCK_KG)*G] @ w^T for a weight tile w [BLOCK_N, BLOCK_KG*G]."""
-    ks = c0 * G + tl.arange(0, BLOCK_KG * G)
-    xt = tl.load(x_ptr + ms[:, None] * stride_xm + ks[None, :], mask=(ms < M)[:, None] & (ks < K)[None, :],
-                 other=0.0)
-    if DOT_F32:  # the interpreter's bf16 tl.dot is wrong (triton 3.6); fp32 is exact there
-        return acc + tl.dot(xt.to(tl.float32), tl.trans(w))
-    return acc + tl.dot(xt, tl.trans(w.to(xt.dtype)))
+    return dot_tile(acc, w, x_ptr, stride_xm, ms, M, K, c0, G, BLOCK_KG, DOT_F32)
 
 
 @triton.jit
@@ -163,11 +127,6 @@ def _dequant_kernel(codes_ptr, scale_ptr, zero_ptr, words_ptr, prefix_ptr, N, NG
              mask=(ns < N)[:, None] & (ks < K)[None, :])
 
 
-def _layout_meta(p: PackedGQS) -> dict:
-    unit, w, pp = code_layout(p.group_size, p.bits)
-    return dict(G=p.group_size, BITS=p.bits, BPG=p.group_size * p.bits // 8, UNIT_BITS=unit, W=w, P=pp)
-
-
 def dequantize_dense(p: PackedGQS, plan: KernelPlan, dtype: torch.dtype) -> torch.Tensor:
     """Dense weight [N, K] in ``dtype`` (pruned groups 0), written by one Triton kernel."""
     n, k, g = p.out_features, p.in_features, p.group_size
@@ -177,7 +136,7 @@ def dequantize_dense(p: PackedGQS, plan: KernelPlan, dtype: torch.dtype) -> torc
     grid = (triton.cdiv(n, 32), triton.cdiv(ng, block_kg))
     _dequant_kernel[grid](p.codes, p.scales, p.zeros, plan.mask_words, plan.mask_prefix, n, ng,
                           plan.mask_words.shape[1], k, out, BLOCK_N=32, BLOCK_KG=block_kg, num_warps=4,
-                          **_layout_meta(p))
+                          **layout_meta(p.group_size, p.bits))
     return out
 
 
@@ -189,12 +148,6 @@ def gqs_dense_linear(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, p
 def split_k_for(n_tiles: int, steps: int, programs: int) -> int:
     """Splits of K so that about ``programs`` programs run, each at least 2 K steps."""
     return max(1, min(steps // 2, programs // max(1, n_tiles)))
-
-
-def groups_per_step(block_k: int, group_size: int, default: int) -> int:
-    """Group columns per K step of a tensor-core kernel: ``block_k / G`` (1..32), or ``default``
-    when ``block_k`` is 0."""
-    return min(32, max(1, block_k // group_size)) if block_k else default
 
 
 def gemm_block_kg(cfg: GemmConfig, group_size: int) -> int:
@@ -221,7 +174,7 @@ def gqs_gemm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: Ker
         raise ValueError(f"out must be a contiguous [{m}, {n}] {x.dtype} tensor")
     tiles = triton.cdiv(n, cfg.block_n) * triton.cdiv(m, cfg.block_m)
     steps = triton.cdiv(ng, block_kg)
-    split = cfg.split_k or split_k_for(tiles, steps, 4 * _num_sms(x.device))
+    split = cfg.split_k or split_k_for(tiles, steps, 4 * num_sms(x.device))
     cg = triton.cdiv(steps, split) * block_kg
     split = triton.cdiv(ng, cg)
     y32 = torch.zeros(m, n, dtype=torch.float32, device=x.device) if split > 1 else y
@@ -230,13 +183,8 @@ def gqs_gemm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: Ker
                        n, ng, plan.mask_words.shape[1], bias if bias is not None else y, y, y32, y.stride(0), cg,
                        HAS_BIAS=bias is not None, SPLIT=split > 1, BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
                        BLOCK_KG=block_kg, INTERP=INTERPRET, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                       **_layout_meta(p))
+                       **layout_meta(p.group_size, p.bits))
     if split > 1:
         y.copy_(y32 if bias is None else y32 + bias.float())
     return y
 
-
-def _num_sms(device: torch.device) -> int:
-    if device.type != "cuda":
-        return 8
-    return torch.cuda.get_device_properties(device).multi_processor_count

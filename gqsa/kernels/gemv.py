@@ -39,7 +39,6 @@ Accumulation is float32.
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -47,11 +46,11 @@ import triton
 import triton.language as tl
 
 from gqsa.format import SUPPORTED_BITS, SUPPORTED_GROUP_SIZES, PackedGQS
+from gqsa.kernels.jit import INTERPRET, code_layout, load_codes
 from gqsa.kernels.plan import MAX_BLOCK_B, KernelPlan, groups_per_program
 
 SCHEDULES = ("rows", "tasks")
 MAX_STEPS = 32  # unroll at most this many steps; longer rows loop at run time
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 
 
 @dataclass(frozen=True)
@@ -62,22 +61,6 @@ class GemvConfig:
     block_g: int
     num_warps: int
     evict: bool = False  # hint the cache: weight bytes evict first, activations evict last
-
-
-def code_layout(group_size: int, bits: int) -> tuple[int, int, int]:
-    """(UNIT_BITS, W, P): how one group's codes are loaded.
-
-    2-, 4- and 8-bit codes never straddle a load unit: a group is W units of UNIT_BITS
-    (32, 16 or 8, the widest dividing the group's bytes), each holding P codes.
-    3-bit codes are read in 24-bit chunks of 8 codes (three byte loads per chunk, every
-    G a multiple of 8): W = G / 8, P = 8, UNIT_BITS = 24. (Reading them code by code,
-    two byte loads per code, ran at half the 4-bit speed on an H100.)
-    """
-    nbytes = group_size * bits // 8
-    if 8 % bits != 0:
-        return 24, group_size // 8, 8
-    unit = 32 if nbytes % 4 == 0 else 16 if nbytes % 2 == 0 else 8
-    return unit, group_size * bits // unit, unit // bits
 
 
 SUB_GROUP = 16  # weights per decode lane (at most)
@@ -131,31 +114,6 @@ def static_steps(plan: KernelPlan | None, nnz: int, n: int, block_g: int, r: int
 
 
 @triton.jit
-def _load_codes(codes_ptr, gidx, ok, BITS: tl.constexpr, BPG: tl.constexpr,
-                UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, POLICY: tl.constexpr):
-    """Codes of the lanes' groups as int32 [L, W, P]; code j = w*P + p."""
-    w = tl.arange(0, W)
-    if UNIT_BITS == 24:  # 3-bit: chunk w is bytes 3w..3w+2 of the group, code w*8+p at its bit 3p
-        base = codes_ptr + gidx[:, None] * BPG + 3 * w[None, :]
-        m = ok[:, None]
-        b0 = tl.load(base, mask=m, other=0, eviction_policy=POLICY).to(tl.int32)
-        b1 = tl.load(base + 1, mask=m, other=0, eviction_policy=POLICY).to(tl.int32)
-        b2 = tl.load(base + 2, mask=m, other=0, eviction_policy=POLICY).to(tl.int32)
-        chunk = b0 | (b1 << 8) | (b2 << 16)
-        return (chunk[:, :, None] >> (tl.arange(0, P) * BITS)[None, None, :]) & ((1 << BITS) - 1)
-    if UNIT_BITS == 32:
-        up = codes_ptr.to(tl.pointer_type(tl.int32))
-    elif UNIT_BITS == 16:
-        up = codes_ptr.to(tl.pointer_type(tl.int16))
-    else:
-        up = codes_ptr
-    units = tl.load(up + gidx[:, None] * W + w[None, :], mask=ok[:, None], other=0,
-                    eviction_policy=POLICY).to(tl.int32)
-    shifts = tl.arange(0, P) * BITS
-    return (units[:, :, None] >> shifts[None, None, :]) & ((1 << BITS) - 1)
-
-
-@triton.jit
 def _step(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr,
           G: tl.constexpr, R: tl.constexpr, SG: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr,
           UNIT_BITS: tl.constexpr, W: tl.constexpr, P: tl.constexpr, BLOCK_B: tl.constexpr, W_POLICY: tl.constexpr,
@@ -167,7 +125,7 @@ def _step(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, s
     col = tl.load(col_ptr + gidx, mask=ok, other=0, eviction_policy=W_POLICY).to(tl.int32)
     s = tl.load(scale_ptr + gidx, mask=ok, other=0.0, eviction_policy=W_POLICY).to(tl.float32)
     z = tl.load(zero_ptr + gidx, mask=ok, other=0, eviction_policy=W_POLICY).to(tl.float32)
-    q = _load_codes(codes_ptr, sidx, ok, BITS, BPG, UNIT_BITS, W, P, W_POLICY)
+    q = load_codes(codes_ptr, sidx, ok, BITS, BPG, UNIT_BITS, W, P, W_POLICY)
     wq = q.to(tl.float32) - z[:, None, None]
     bidx = tl.arange(0, BLOCK_B)
     jj = tl.arange(0, W)[:, None] * P + tl.arange(0, P)[None, :]

@@ -33,7 +33,6 @@ Shapes: x [M, K] fp16/bf16 (M <= BLOCK_M, at most 32), packed tensors as in
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass
 
 import torch
@@ -41,10 +40,9 @@ import triton
 import triton.language as tl
 
 from gqsa.format import PackedGQS
-from gqsa.kernels.gemm import _dense_from_idx, _dot_tile, _layout_meta, _num_sms, _popc32, groups_per_step
+from gqsa.kernels.jit import INTERPRET, dense_from_idx, dot_tile, groups_per_step, layout_meta, num_sms, popc32
 from gqsa.kernels.plan import KernelPlan
 
-INTERPRET = os.environ.get("TRITON_INTERPRET", "0") == "1"
 MAX_M = 32
 
 
@@ -79,7 +77,7 @@ def _step_idx(words, prefix, jw, w_lo, rows_ok, c0, NG, BLOCK_N: tl.constexpr, B
     w2 = word[:, None] + tl.zeros([BLOCK_N, BLOCK_KG], dtype=tl.uint32)
     kept = (((w2 >> bit[None, :]) & 1) != 0) & rows_ok[:, None] & (cg < NG)[None, :]
     below = w2 & ((tl.full([BLOCK_N, BLOCK_KG], 1, tl.uint32) << bit[None, :]) - 1)
-    idx = pre[:, None] + _popc32(below).to(tl.int32)
+    idx = pre[:, None] + popc32(below).to(tl.int32)
     L: tl.constexpr = BLOCK_N * BLOCK_KG
     return tl.reshape(tl.where(kept, idx, 0), [L]), tl.reshape(kept, [L])
 
@@ -90,8 +88,8 @@ def _step(acc, c0, x_ptr, stride_xm, ms, M, K, codes_ptr, scale_ptr, zero_ptr, w
           P: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_KG: tl.constexpr, DOT_F32: tl.constexpr):
     """acc [BLOCK_M, BLOCK_N] += x[:, c0*G : (c0+BLOCK_KG)*G] @ (dequantized tile)^T."""
     idx, kept = _step_idx(words, prefix, jw, w_lo, rows_ok, c0, NG, BLOCK_N, BLOCK_KG)
-    w = _dense_from_idx(codes_ptr, scale_ptr, zero_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
-    return _dot_tile(acc, w, x_ptr, stride_xm, ms, M, K, c0, G, BLOCK_KG, DOT_F32)
+    w = dense_from_idx(codes_ptr, scale_ptr, zero_ptr, idx, kept, BITS, BPG, UNIT_BITS, W, P, BLOCK_N, BLOCK_KG)
+    return dot_tile(acc, w, x_ptr, stride_xm, ms, M, K, c0, G, BLOCK_KG, DOT_F32)
 
 
 @triton.jit
@@ -197,7 +195,7 @@ def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: K
         raise ValueError(f"plan.fix_cnt holds {plan.fix_cnt.numel()} counters, {n_tiles} tiles need one each")
     block_kg = groups_per_step(cfg.block_k, g, 4)
     max_groups = cap_groups(cfg, g, block_kg)
-    split, cg = split_for(n_tiles, ng, cfg.programs_per_sm * _num_sms(x.device), max_groups)
+    split, cg = split_for(n_tiles, ng, cfg.programs_per_sm * num_sms(x.device), max_groups)
     y = torch.empty(m, n, dtype=x.dtype, device=x.device) if out is None else out
     if y.shape != (m, n) or y.dtype != x.dtype or not y.is_contiguous():
         raise ValueError(f"out must be a contiguous [{m}, {n}] {x.dtype} tensor")
@@ -207,5 +205,5 @@ def gqs_smallm(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None, plan: K
         plan.mask_words.shape[1], bias if bias is not None else y, y, y.stride(0), ws, plan.fix_cnt, cg,
         HAS_BIAS=bias is not None, BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_KG=block_kg,
         NWB=triton.next_power_of_2(triton.cdiv(cg, 32)), INTERP=INTERPRET, SPLIT=split,
-        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **_layout_meta(p))
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages, **layout_meta(p.group_size, p.bits))
     return y

@@ -15,7 +15,8 @@ import torch
 
 if not torch.cuda.is_available() and os.environ.get("TRITON_INTERPRET") != "1":
     os.environ["TRITON_INTERPRET"] = "1"
-    if any(m.startswith(("gqsa.kernels.g", "gqsa.kernels.smallm", "gqsa.bench")) for m in sys.modules):
+    kernel_modules = ("gqsa.kernels.g", "gqsa.kernels.jit", "gqsa.kernels.smallm", "gqsa.bench")
+    if any(m.startswith(kernel_modules) for m in sys.modules):
         raise RuntimeError("gqsa kernel modules were imported before tests/kernels/conftest.py could set "
                            "TRITON_INTERPRET=1; run with TRITON_INTERPRET=1 in the environment")
     for name in [m for m in sys.modules if (m == "triton" or m.startswith("triton.")) and

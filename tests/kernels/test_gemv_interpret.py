@@ -103,7 +103,8 @@ def test_prefill_gemm_and_dense(g, bits, dtype):
 
 @pytest.mark.parametrize("m", [1, 3, 33])
 def test_custom_op(m):
-    """torch.ops.gqsa.gqs_linear: leading dims kept, routes by batch, fake impl agrees."""
+    """torch.ops.gqsa.gqs_linear: leading dims kept, fake impl agrees; ops.run routes by batch to the kernels
+    (on CPU the op itself is the reference, so the kernels are called through ops.run there)."""
     gen = torch.Generator().manual_seed(m)
     p = random_layer(n=24, ng=4, g=16, bits=4, gen=gen)
     plan = build_plan(p, num_programs=5)
@@ -111,6 +112,7 @@ def test_custom_op(m):
     y = ops.call(x, p, None, plan, "tasks")
     assert y.shape == (1, m, 24)
     check(y.reshape(m, 24), x.reshape(m, -1), p, None)
+    check(ops.run(x.reshape(m, -1), p, None, plan, "tasks"), x.reshape(m, -1), p, None)
     args = (x, p.codes, p.col_idx, p.row_ptr, p.scales, p.zeros, None, plan.prog_rows, plan.fix_ws, plan.fix_cnt,
             plan.mask_words, plan.mask_prefix, p.in_features, p.group_size, p.bits, 1, plan.max_row_len, plan.row_len)
     torch.library.opcheck(torch.ops.gqsa.gqs_linear.default, args,

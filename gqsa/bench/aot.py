@@ -6,7 +6,7 @@ in Triton's compiler on the GPU (a nested jit function's constexpr default argum
 did, once). This builds each kernel down to a cubin with the ptxas that ships in
 Triton's wheel, at the constants the wrappers use, so CI catches such errors too.
 
-Run: ``python -m gqsa.kernels.aot`` (prints one line per kernel variant). It must not
+Run: ``python -m gqsa.bench.aot`` (prints one line per kernel variant). It must not
 run under ``TRITON_INTERPRET=1``: the interpreter replaces the kernels it compiles.
 """
 
@@ -41,19 +41,14 @@ def compile_kernel(fn, pointers: dict[str, str], consts: dict, num_warps: int = 
     return kernel
 
 
-def _layout(g: int, bits: int) -> dict:
-    from gqsa.kernels.gemv import code_layout
-    unit, w, p = code_layout(g, bits)
-    return dict(G=g, BITS=bits, BPG=g * bits // 8, UNIT_BITS=unit, W=w, P=p)
-
-
 FORMATS = [(16, 4), (8, 3), (128, 2), (32, 8), (64, 3)]
 PACKED = dict(codes_ptr="*u8", col_ptr="*i16", scale_ptr="*fp16", zero_ptr="*u8", row_ptr_ptr="*i32",
               words_ptr="*i32", prefix_ptr="*i32", cnt_ptr="*i32", ws_ptr="*fp32", y32_ptr="*fp32",
               prog_rows_ptr="*i32")
 
 
-def _act(dtype: str) -> dict:
+def pointer_types(dtype: str) -> dict:
+    """Triton pointer type of every pointer argument of the kernels, activations in ``dtype``."""
     return dict(x_ptr=f"*{dtype}", bias_ptr=f"*{dtype}", y_ptr=f"*{dtype}", out_ptr=f"*{dtype}", **PACKED)
 
 
@@ -64,11 +59,12 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
     from gqsa.kernels.dispatch import gemm_config
     from gqsa.kernels.gemm import _dequant_kernel, _gemm_kernel, gemm_block_kg
     from gqsa.kernels.gemv import _gemv_rows_kernel, _gemv_tasks_kernel, decode_layout, default_config
+    from gqsa.kernels.jit import layout_meta
     from gqsa.kernels.smallm import _smallm_kernel
     out = []
     for i, (g, bits) in enumerate(FORMATS):
         dt = ("fp16", "bf16")[i % 2]
-        lay = _layout(g, bits)
+        lay = layout_meta(g, bits)
         block_b = (1, 4, 2, 16, 1)[i]
         cfg = default_config(g, block_b, 64.0)
         dec = decode_layout(g, bits)
@@ -76,23 +72,23 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
                     STEPS=(2, 0, 0, 4, 3)[i], ROW_LEN=(128, 0, 0, 0, 0)[i], W_POLICY=("", "evict_first")[i % 2],
                     X_POLICY=("", "evict_last")[i % 2], **dec)
         out.append((f"gemv rows G{g} b{bits} {dt}", lambda rows=rows, dt=dt:
-                    compile_kernel(_gemv_rows_kernel, _act(dt), rows)))
+                    compile_kernel(_gemv_rows_kernel, pointer_types(dt), rows)))
         tasks = dict(HAS_BIAS=True, SPLIT_MODE=i % 2, BLOCK_B=1, BLOCK_R=cfg.block_r, BLOCK_G=cfg.block_g,
                      WS_STRIDE=16, WHILE=False, **dec)
         out.append((f"gemv tasks G{g} b{bits} {dt}", lambda tasks=tasks, dt=dt:
-                    compile_kernel(_gemv_tasks_kernel, _act(dt), tasks)))
+                    compile_kernel(_gemv_tasks_kernel, pointer_types(dt), tasks)))
         small = dict(HAS_BIAS=i % 2 == 1, BLOCK_M=(16, 32)[i % 2], BLOCK_N=32, BLOCK_KG=4, NWB=2,
                      INTERP=False, SPLIT=(8, 1, 3, 2, 1)[i], **lay)
         out.append((f"smallm G{g} b{bits} {dt}", lambda small=small, dt=dt:
-                    compile_kernel(_smallm_kernel, _act(dt), small, num_stages=1)))
+                    compile_kernel(_smallm_kernel, pointer_types(dt), small, num_stages=1)))
         gcfg = gemm_config((17, 40)[i % 2])  # the dispatcher's tiles, at its stages
         gemm = dict(HAS_BIAS=True, SPLIT=i % 2 == 0, BLOCK_M=gcfg.block_m, BLOCK_N=gcfg.block_n,
                     BLOCK_KG=gemm_block_kg(gcfg, g), INTERP=False, **lay)
         out.append((f"gemm G{g} b{bits} {dt}", lambda gemm=gemm, dt=dt, gcfg=gcfg: compile_kernel(
-            _gemm_kernel, _act(dt), gemm, gcfg.num_warps, gcfg.num_stages)))
+            _gemm_kernel, pointer_types(dt), gemm, gcfg.num_warps, gcfg.num_stages)))
         deq = dict(BLOCK_N=32, BLOCK_KG=max(1, 128 // g), **lay)
         out.append((f"dequant G{g} b{bits} {dt}", lambda deq=deq, dt=dt:
-                    compile_kernel(_dequant_kernel, _act(dt), deq)))
+                    compile_kernel(_dequant_kernel, pointer_types(dt), deq)))
     out.append(("read floor", lambda: compile_kernel(_read_kernel, dict(src_ptr="*i32", out_ptr="*i32"),
                                                      dict(BLOCK=2048))))
     for int4 in (False, True):
@@ -105,7 +101,7 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
 
 def main() -> int:
     if os.environ.get("TRITON_INTERPRET") == "1":
-        print("gqsa.kernels.aot: unset TRITON_INTERPRET (the interpreter does not compile)", file=sys.stderr)
+        print("gqsa.bench.aot: unset TRITON_INTERPRET (the interpreter does not compile)", file=sys.stderr)
         return 2
     failed = 0
     for name, build in variants():

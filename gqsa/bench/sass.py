@@ -8,7 +8,7 @@ lanes, 4 unrolled steps), so a change to the kernel can be judged by its cost pe
 weight before any device time is spent. Arguments are specialised as the JIT
 specialises them for aligned tensors, which decides the width of vector loads.
 
-Run: ``python -m gqsa.kernels.sass`` (needs Triton's bundled ``nvdisasm``).
+Run: ``python -m gqsa.bench.sass`` (needs Triton's bundled ``nvdisasm``).
 """
 
 from __future__ import annotations
@@ -41,13 +41,13 @@ def instruction_mix(cubin: bytes) -> collections.Counter:
 
 def decode_mix(group_size: int = 16, bits: int = 4) -> tuple[collections.Counter, int]:
     """(instruction mix, weights per thread) of one batch-1 decode program at the 4 x 32-lane tile."""
-    from gqsa.kernels.aot import _act, compile_kernel
+    from gqsa.bench.aot import compile_kernel, pointer_types
     from gqsa.kernels.gemv import _gemv_rows_kernel, decode_layout
     lay = decode_layout(group_size, bits)
     steps = 4
     consts = dict(HAS_BIAS=False, BLOCK_B=1, BLOCK_R=4, BLOCK_G=32, WHILE=False, STEPS=steps,
                   ROW_LEN=steps * 32 // lay["R"], W_POLICY="", X_POLICY="", **lay)
-    k = compile_kernel(_gemv_rows_kernel, _act("fp16"), consts, aligned=ALIGNED)
+    k = compile_kernel(_gemv_rows_kernel, pointer_types("fp16"), consts, aligned=ALIGNED)
     return instruction_mix(k.asm["cubin"]), steps * 4 * 32 * lay["SG"] // 128
 
 
