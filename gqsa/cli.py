@@ -102,17 +102,15 @@ def _add_stages(p: argparse.ArgumentParser) -> None:
     g.add_argument("--checkpoint-dir", default=None, help="per-block checkpoints (default: OUT.checkpoint)")
 
 
-def _stages(a: argparse.Namespace):
-    from gqsa.train.bqpo import BQPOConfig
-    from gqsa.train.e2e import E2EConfig
-    from gqsa.workflow import Stages
+def _stage_configs(a: argparse.Namespace) -> dict:
+    """The ``bqpo`` and ``e2e`` fields of the GQSAConfig from the stage options (None: off)."""
+    from gqsa.config import BQPOConfig, E2EConfig
     bqpo = BQPOConfig(epochs=a.bqpo_epochs, batch_size=a.bqpo_batch_size, lr_weight=a.bqpo_lr,
                       lr_scale=a.bqpo_lr_scale, lr_zero=a.bqpo_lr_zero,
                       fp_targets=not a.bqpo_local_targets) if a.bqpo_epochs > 0 else None
     e2e = E2EConfig(epochs=a.e2e_epochs, lr=a.e2e_lr, batch_size=a.e2e_batch_size, grad_accum=a.e2e_grad_accum,
                     train_zeros=a.e2e_train_zeros) if a.e2e_epochs > 0 else None
-    return Stages(bqpo=bqpo, e2e=e2e, e2e_data=a.e2e_data, e2e_nsamples=a.e2e_nsamples, e2e_seqlen=a.e2e_seqlen,
-                  resume=a.resume, checkpoint_dir=a.checkpoint_dir)
+    return {"bqpo": bqpo, "e2e": e2e}
 
 
 def _add_eval(sub) -> None:
@@ -174,16 +172,19 @@ def cmd_report(a: argparse.Namespace) -> int:
 
 def cmd_compress(a: argparse.Namespace) -> int:
     from gqsa.loading import pick_device, pick_dtype
-    from gqsa.workflow import compress_folder
+    from gqsa.workflow import TrainText, compress_folder
     device = pick_device(a.device)
     if a.method != "gqsa":
         return _compress_baseline(a, device, pick_dtype(a.dtype, device))
     given = {"group_size": a.group_size, "sparsity": a.sparsity, "bits": a.bits, "balance": a.balance,
              "saliency": a.saliency, "mask": a.mask, "sparsity_ramp": a.sparsity_ramp,
              "skip": None if a.skip is None else tuple(a.skip)}
-    config = GQSAConfig(sym=a.sym, clip_search=not a.no_clip_search, **{k: v for k, v in given.items() if v is not None})
+    config = GQSAConfig(sym=a.sym, clip_search=not a.no_clip_search, **_stage_configs(a),
+                        **{k: v for k, v in given.items() if v is not None})
     log = compress_folder(a.model, a.out, config, a.calib, a.nsamples, a.seqlen, device,
-                          pick_dtype(a.dtype, device), a.seed, a.batch_size, a.overwrite, stages=_stages(a))
+                          pick_dtype(a.dtype, device), a.seed, a.batch_size, a.overwrite,
+                          e2e_text=TrainText(a.e2e_data, a.e2e_nsamples, a.e2e_seqlen), resume=a.resume,
+                          checkpoint_dir=a.checkpoint_dir)
     _print_compress_summary(log, a.out)
     return 0
 

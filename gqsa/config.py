@@ -8,6 +8,7 @@ there, so every field must be JSON-serializable.
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -17,6 +18,113 @@ CONFIG_VERSION = 1
 BALANCES = ("row", "layer")
 SALIENCIES = ("obs", "wanda")
 MASKS = ("adaptive", "static")
+
+
+@dataclass(frozen=True)
+class BQPOConfig:
+    """Settings of BQPO; defaults follow EfficientQAT Block-AP for 4-bit (w4g128 script).
+
+    Attributes:
+        epochs: passes over the calibration sequences per block (Block-AP: 2).
+        batch_size: sequences per optimizer step (Block-AP: 2).
+        lr_weight: AdamW learning rate of the kept float weights, which set the codes
+            (Block-AP: 1e-5 at 4 bits, 2e-5 at 2-3 bits; 0 freezes them and the codes). Block-AP
+            runs 4096 sequences x 2 epochs / batch 2 = 4096 steps; with far fewer steps (a CPU
+            budget) larger rates are needed, see docs/stages.md.
+        lr_scale: learning rate of the per-group scales (Block-AP ``quant_lr``: 1e-4).
+        lr_zero: learning rate of the zero points, trained as floats and rounded (STE) in
+            the forward pass and at pack time (Block-AP trains them with ``quant_lr``; 0 freezes).
+        weight_decay: AdamW weight decay (Block-AP: 0).
+        min_lr_factor: cosine schedule from lr down to lr / min_lr_factor (Block-AP: 20).
+        max_grad_norm: gradient clipping (0: none).
+        fp_targets: train against the full-precision chain's outputs (see :mod:`gqsa.train.bqpo`).
+        amp: bfloat16 autocast on CUDA (the master weights stay float32); CPU is always float32.
+        keep_best: if the trained block's output MSE is worse than the one-shot block's,
+            keep the one-shot layers (logged as ``reverted``).
+        seed: seed of the batch order (block i uses ``seed + i``).
+    """
+
+    epochs: int = 2
+    batch_size: int = 2
+    lr_weight: float = 1e-5
+    lr_scale: float = 1e-4
+    lr_zero: float = 1e-4
+    weight_decay: float = 0.0
+    min_lr_factor: float = 20.0
+    max_grad_norm: float = 0.3
+    fp_targets: bool = True
+    amp: bool = True
+    keep_best: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        require(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an int >= 1, got {self.epochs!r}")
+        require(isinstance(self.batch_size, int) and self.batch_size >= 1,
+               f"batch_size must be an int >= 1, got {self.batch_size!r}")
+        for name in ("lr_weight", "lr_scale", "lr_zero", "weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                   f"{name} must be a finite number >= 0, got {value!r}")
+        require(self.lr_weight > 0 or self.lr_scale > 0 or self.lr_zero > 0,
+               "at least one of lr_weight, lr_scale, lr_zero must be > 0 (else there is nothing to train)")
+        require(isinstance(self.min_lr_factor, (int, float)) and self.min_lr_factor >= 1,
+               f"min_lr_factor must be >= 1, got {self.min_lr_factor!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class E2EConfig:
+    """Settings of E2E-OQP; defaults follow EfficientQAT E2E-QP (Llama-2 w4g128 script).
+
+    Attributes:
+        epochs: passes over the training windows (EfficientQAT: 1).
+        lr: AdamW learning rate of the scales (EfficientQAT: 1e-5 at 4 bits, 2e-5 at 2-3 bits).
+        batch_size: windows per forward pass (EfficientQAT: 4).
+        grad_accum: forward passes per optimizer step (EfficientQAT: 8, so 32 windows a step).
+        train_zeros: also train the zero points (float master, rounded with an STE); off by
+            default, as in EfficientQAT: integer zero points move only in whole steps.
+        lr_zero: learning rate of the zero points when trained.
+        weight_decay: AdamW weight decay (EfficientQAT: 0).
+        max_grad_norm: gradient clipping (EfficientQAT: 0.3; 0: none).
+        warmup_ratio: fraction of the steps with a linear warmup before the cosine decay to 0.
+        gradient_checkpointing: recompute each block's activations in the backward pass.
+        amp: mixed precision on CUDA (scales stay float32; see :func:`gqsa.train.e2e.autocast_dtype`); CPU is
+            always float32.
+        seed: seed of the window order.
+    """
+
+    epochs: int = 1
+    lr: float = 1e-5
+    batch_size: int = 4
+    grad_accum: int = 8
+    train_zeros: bool = False
+    lr_zero: float = 1e-4
+    weight_decay: float = 0.0
+    max_grad_norm: float = 0.3
+    warmup_ratio: float = 0.03
+    gradient_checkpointing: bool = True
+    amp: bool = True
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        for name in ("epochs", "batch_size", "grad_accum"):
+            value = getattr(self, name)
+            require(isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}")
+        for name in ("lr", "lr_zero"):
+            value = getattr(self, name)
+            require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
+                   f"{name} must be a finite number > 0, got {value!r}")
+        for name in ("weight_decay", "max_grad_norm"):
+            value = getattr(self, name)
+            require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
+                   f"{name} must be a finite number >= 0, got {value!r}")
+        require(isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1,
+               f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
 
 
 @dataclass(frozen=True)
@@ -42,6 +150,8 @@ class GQSAConfig:
             (SparseGPT's adaptive selection; needs ``balance="row"`` and ``saliency="obs"``).
             Measured on SmolLM2 at W4 S50 it lowered one-shot perplexity (docs/oneshot.md), but
             on synthetic layers it is not reliably better, so it is not the default yet.
+        bqpo: run BQPO after each block's one-shot solve (:class:`BQPOConfig`); None: off.
+        e2e: run E2E-OQP on the whole compressed model afterwards (:class:`E2EConfig`); None: off.
         sparsity_ramp: r in [0, 1]: spread the sparsity over depth, linearly from
             ``sparsity * (1 - r)`` in the first block to ``sparsity * (1 + r)`` in the last, so
             the mean over blocks (and, for equal blocks, the model's size) stays ``sparsity``.
@@ -61,10 +171,17 @@ class GQSAConfig:
     clip_search: bool = True
     mask: str = "static"
     sparsity_ramp: float = 0.0
+    bqpo: BQPOConfig | None = None
+    e2e: E2EConfig | None = None
     version: int = field(default=CONFIG_VERSION)
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "skip", tuple(self.skip))
+        for name, cls in (("bqpo", BQPOConfig), ("e2e", E2EConfig)):  # from JSON: a dict
+            if isinstance(getattr(self, name), dict):
+                object.__setattr__(self, name, cls(**getattr(self, name)))
+            require(getattr(self, name) is None or isinstance(getattr(self, name), cls),
+                    f"{name} must be a {cls.__name__} or None, got {getattr(self, name)!r}")
         require(isinstance(self.group_size, int) and self.group_size in SUPPORTED_GROUP_SIZES,
                f"group_size must be one of {SUPPORTED_GROUP_SIZES}, got {self.group_size!r}")
         require(isinstance(self.sparsity, (int, float)) and 0.0 <= self.sparsity < 1.0,
@@ -88,10 +205,15 @@ class GQSAConfig:
                f"config version {self.version} is not supported by this gqsa (knows {CONFIG_VERSION})")
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready dict, with ``quant_method`` so transformers can route it to gqsa."""
+        """JSON-ready dict, with ``quant_method`` so transformers can route it to gqsa (the stage
+        configs as nested dicts, or None)."""
         d = dataclasses.asdict(self)
         d["skip"] = list(self.skip)
         return {"quant_method": "gqsa", **d}
+
+    def for_oneshot(self) -> "GQSAConfig":
+        """This config without the training stages."""
+        return dataclasses.replace(self, bqpo=None, e2e=None)
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "GQSAConfig":

@@ -17,7 +17,7 @@ from gqsa.config import GQSAConfig
 from gqsa.evaluate import evaluate_perplexities
 from gqsa.info import folder_bytes
 from gqsa.loading import resolve_model
-from gqsa.workflow import Stages, compress_folder
+from gqsa.workflow import compress_folder
 
 DEMO_CONFIG = GQSAConfig(group_size=16, sparsity=0.5, bits=4)
 DEMO_CALIB = {"calib": "coqa", "nsamples": 32, "seqlen": 512}
@@ -30,7 +30,7 @@ def run_demo(out: str | None = None, windows: int = 16) -> dict:
     out = Path(out) if out else cache_root() / "demo" / "SmolLM2-135M-Instruct-gqsa-w4s50g16"
     t = time.perf_counter()
     log = compress_folder(str(source), out, DEMO_CONFIG, device=cpu, dtype=torch.float32, overwrite=True,
-                          stages=Stages(resume=True), **DEMO_CALIB)
+                          resume=True, **DEMO_CALIB)
     compress_s = time.perf_counter() - t
     ref = evaluate_perplexities(str(source), ["boolq"], 1024, cpu, torch.float32, windows)["ppl"]["boolq"]
     new = evaluate_perplexities(str(out), ["boolq"], 1024, cpu, torch.float32, windows)["ppl"]["boolq"]

@@ -43,12 +43,17 @@ def quantization_dict(model: nn.Module, config: GQSAConfig, stages: dict[str, An
     return {**config.to_dict(), "format_version": FORMAT_VERSION, "layers": layers, "stages": stages or {}}
 
 
-def save_compressed(model: nn.Module, out: str | os.PathLike, config: GQSAConfig, source: str | os.PathLike | None = None,
-                    stages: dict[str, Any] | None = None, overwrite: bool = False,
-                    max_shard_size: str = "2GB", log: dict[str, Any] | None = None) -> Path:
-    """Save a compressed model atomically to ``out`` (see :func:`save_pretrained_atomic`);
-    ``log`` is written as ``gqsa_log.json`` inside the same atomic step."""
-    model.config.quantization_config = quantization_dict(model, config, stages)
+def save_compressed(model: nn.Module, out: str | os.PathLike, source: str | os.PathLike | None = None,
+                    overwrite: bool = False, max_shard_size: str = "2GB", log: dict[str, Any] | None = None) -> Path:
+    """Save a model that :func:`gqsa.compress` compressed, atomically, to ``out`` (see
+    :func:`save_pretrained_atomic`); its config and stages come from the model (``compress``
+    stored them), the per-layer kept-group counts from its layers. ``source``: the original
+    model folder, whose tokenizer files are copied. ``log`` is written as ``gqsa_log.json``
+    inside the same atomic step."""
+    qc = getattr(model.config, "quantization_config", None)
+    if not isinstance(qc, dict) or qc.get("quant_method") != "gqsa":
+        raise ValueError("the model carries no gqsa quantization_config: compress it with gqsa.compress first")
+    model.config.quantization_config = quantization_dict(model, GQSAConfig.from_dict(qc), qc.get("stages"))
     files = {} if log is None else {"gqsa_log.json": json.dumps(log, indent=2, default=str)}
     return save_pretrained_atomic(model, out, source, overwrite, max_shard_size, files)
 

@@ -31,7 +31,6 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from gqsa.format import PackedGQS
 from gqsa.hf import _config_dtype, _load_state, read_quantization_config, replace_with_gqs_layers
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule

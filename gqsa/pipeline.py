@@ -69,6 +69,7 @@ class CompressReport:
     seconds: float = 0.0
     peak_memory_bytes: int = 0
     blocks: list[dict[str, Any]] = field(default_factory=list)
+    stages: dict[str, Any] = field(default_factory=dict)
 
     def add_block(self, record: dict[str, Any]) -> None:
         """Add one block's record (its layers also go to ``layers``)."""
@@ -77,7 +78,7 @@ class CompressReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"layers": self.layers, "seconds": self.seconds, "peak_memory_bytes": self.peak_memory_bytes,
-                "blocks": self.blocks}
+                "blocks": self.blocks, "stages": self.stages}
 
 
 def capture_block_inputs(model: nn.Module, first_block: nn.Module, calib: torch.Tensor,
@@ -216,11 +217,13 @@ def _check_skips(model: nn.Module, config: Any) -> None:
                          f"last parts, such as lm_head, mlp.down_proj or model.layers.3.self_attn.o_proj)")
 
 
-def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: torch.device | str | None = None,
-             batch_size: int = 8, progress: bool = True, after_block: AfterBlock | None = None,
-             start_block: int = 0, solve: LayerSolve = solve_layer, dense: bool = False,
-             fp_targets: bool = False, checkpoint: BlockStore | None = None) -> CompressReport:
-    """Compress ``model`` in place with GQSA; returns a :class:`CompressReport`.
+def run_blocks(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: torch.device | str | None = None,
+               batch_size: int = 8, progress: bool = True, after_block: AfterBlock | None = None,
+               start_block: int = 0, solve: LayerSolve = solve_layer, dense: bool = False,
+               fp_targets: bool = False, checkpoint: BlockStore | None = None) -> CompressReport:
+    """The sequential driver: solve ``model``'s blocks one by one, in place; returns a
+    :class:`CompressReport`. Users call :func:`gqsa.compress`, which runs this with the
+    training stages its config asks for; the baselines call it with their own solvers.
 
     Args:
         model: a transformers causal LM (its blocks are found from the module tree).

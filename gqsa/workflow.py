@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 import sys
 import time
 from dataclasses import dataclass
@@ -12,43 +13,35 @@ from typing import Any
 import torch
 
 from gqsa.config import GQSAConfig
-from gqsa.data import calibration_windows, load_texts
+from gqsa.data import DEFAULT_CALIBRATION_TEXT, calibration_windows, load_texts
 from gqsa.hf import save_compressed
 from gqsa.info import folder_bytes, model_stats
 from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_model
-from gqsa.pipeline import compress
-from gqsa.train.bqpo import BQPOConfig, bqpo_hook, summarize
-from gqsa.train.checkpoint import BlockCheckpoint, run_fingerprint
-from gqsa.train.e2e import E2EConfig, train_scales
+from gqsa.compression import compress
 
 
 @dataclass(frozen=True)
-class Stages:
-    """The optional stages after one-shot compression, and resume settings.
+class TrainText:
+    """E2E-OQP's training text: a builtin name or path, windows and their length. Its windows
+    use ``seed + 1``, so they differ from the calibration windows even on the same text."""
 
-    ``bqpo``/``e2e`` None: the stage is off. ``e2e_data``: training text of E2E-OQP (its
-    windows use ``seed + 1``, so they differ from the calibration windows even on the same text).
-    ``checkpoint_dir``: per-block checkpoints (default ``OUT.checkpoint``), kept until the save.
-    """
-
-    bqpo: BQPOConfig | None = None
-    e2e: E2EConfig | None = None
-    e2e_data: str = "coqa"
-    e2e_nsamples: int = 128
-    e2e_seqlen: int = 1024
-    resume: bool = False
-    checkpoint_dir: str | None = None
+    text: str = DEFAULT_CALIBRATION_TEXT
+    nsamples: int = 128
+    seqlen: int = 1024
 
 
-def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib: str = "coqa",
+def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib: str = DEFAULT_CALIBRATION_TEXT,
                     nsamples: int = 128, seqlen: int = 2048, device: torch.device = torch.device("cpu"),
                     dtype: torch.dtype = torch.float32, seed: int = 0, batch_size: int = 8,
-                    overwrite: bool = False, progress: bool = True, stages: Stages = Stages()) -> dict[str, Any]:
-    """Compress a model folder (or hub id) into ``out``; returns the log also saved there.
+                    overwrite: bool = False, progress: bool = True, e2e_text: TrainText = TrainText(),
+                    resume: bool = False, checkpoint_dir: str | None = None) -> dict[str, Any]:
+    """Load a model folder (or hub id), :func:`gqsa.compress` it, save it to ``out``; returns
+    the log also saved there (``gqsa_log.json``).
 
     The dense model is loaded on the CPU and its blocks are moved to ``device`` one at a
-    time, so the GPU needs to hold only one block plus the calibration activations.
-    Every finished block is checkpointed; ``stages.resume`` continues an interrupted run.
+    time, so the GPU needs to hold only one block plus the calibration activations. Every
+    finished block is checkpointed in ``checkpoint_dir`` (default ``OUT.checkpoint``, removed
+    after the save); ``resume`` continues an interrupted run.
     """
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
@@ -59,39 +52,30 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
     tokenizer = load_tokenizer(source)
     times["load"] = time.perf_counter() - t
     ids = calibration_windows(tokenizer, load_texts(calib, "calibration"), nsamples, seqlen, seed)
+    train_ids = None
+    if config.e2e:
+        train_ids = calibration_windows(tokenizer, load_texts(e2e_text.text, "calibration"), e2e_text.nsamples,
+                                        e2e_text.seqlen, seed + 1)
     if progress:
-        _say_plan(model, config, ids, calib, device, dtype, stages)
-    ckpt = BlockCheckpoint(stages.checkpoint_dir or f"{out}.checkpoint",
-                           run_fingerprint(model, config, ids, bqpo=stages.bqpo and stages.bqpo.to_dict()),
-                           resume=stages.resume)
-    fp_targets = bool(stages.bqpo and stages.bqpo.fp_targets)
-    hook = bqpo_hook(stages.bqpo, progress) if stages.bqpo else None
-    report = compress(model, config, ids, device=device, batch_size=batch_size, progress=progress,
-                      after_block=hook, fp_targets=fp_targets, checkpoint=ckpt)
+        _say_plan(model, config, ids, calib, device, dtype, e2e_text)
+    ckpt = Path(checkpoint_dir or f"{out}.checkpoint")
+    report = compress(model, config, ids, train_ids=train_ids, device=device, batch_size=batch_size,
+                      progress=progress, checkpoint=ckpt, resume=resume)
     times["compress"] = report.seconds
-    stage_log: dict[str, Any] = {"oneshot": {"seconds": report.seconds, "peak_memory_bytes": report.peak_memory_bytes}}
-    if stages.bqpo:
-        stage_log["bqpo"] = summarize(report.blocks, stages.bqpo)
-    if stages.e2e:
-        windows = calibration_windows(tokenizer, load_texts(stages.e2e_data, "calibration"), stages.e2e_nsamples,
-                                      stages.e2e_seqlen, seed + 1)
-        stage_log["e2e_oqp"] = {"data": stages.e2e_data, "config": stages.e2e.to_dict(),
-                                **train_scales(model, windows, stages.e2e, device, progress)}
-        model.to("cpu")
-        times["e2e_oqp"] = stage_log["e2e_oqp"].get("seconds", 0.0)
+    if config.e2e:
+        report.stages["e2e_oqp"] = {"data": e2e_text.text, **report.stages["e2e_oqp"]}
+        times["e2e_oqp"] = report.stages["e2e_oqp"].get("seconds", 0.0)
     stats = model_stats(model)
     log = {"model": model_name, "source": str(source), "config": config.to_dict(),
            "calibration": {"source": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed},
-           "device": str(device), "dtype": str(dtype).replace("torch.", ""), "stages": stage_log,
+           "device": str(device), "dtype": str(dtype).replace("torch.", ""), "stages": report.stages,
            "bits_per_weight": stats["bits_per_weight"], "packed_bytes": stats["packed_bytes"],
            "original_bytes": folder_bytes(source) if Path(source).is_dir() else None,
            "layers": report.layers}
     t = time.perf_counter()
     model.to(_source_dtype(source, dtype))  # dense parts back to the checkpoint's dtype; GQSLinear keeps fp16 scales
-    save_compressed(model, out, config, source=source, overwrite=overwrite, log={**log, "times": times},
-                    stages={k: (v.get("config") if isinstance(v, dict) and "config" in v else True)
-                            for k, v in stage_log.items()})
-    ckpt.remove()
+    save_compressed(model, out, source=source, overwrite=overwrite, log={**log, "times": times})
+    shutil.rmtree(ckpt, ignore_errors=True)
     times["save"] = time.perf_counter() - t
     log["times"] = times
     log["compressed_bytes"] = folder_bytes(out)
@@ -99,11 +83,12 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
 
 
 def _say_plan(model, config: GQSAConfig, ids: torch.Tensor, calib: str, device: torch.device,
-              dtype: torch.dtype, stages: Stages) -> None:
+              dtype: torch.dtype, e2e_text: TrainText) -> None:
     """One line on stderr saying what the run will do, before the long part starts."""
     from gqsa.models import find_blocks
-    steps = ["one-shot"] + ([f"BQPO {stages.bqpo.epochs} epochs"] if stages.bqpo else []) + \
-        ([f"E2E-OQP {stages.e2e.epochs} epochs on {stages.e2e_nsamples} x {stages.e2e_seqlen} tokens"] if stages.e2e else [])
+    steps = ["one-shot"] + ([f"BQPO {config.bqpo.epochs} epochs"] if config.bqpo else []) + \
+        ([f"E2E-OQP {config.e2e.epochs} epochs on {e2e_text.nsamples} x {e2e_text.seqlen} tokens of {e2e_text.text}"]
+         if config.e2e else [])
     slow = device.type == "cpu" and ids.numel() >= 64 * 2048
     print(f"gqsa compress: {len(find_blocks(model)[1])} blocks at G{config.group_size} W{config.bits} "
           f"S{config.sparsity:g}; calibration {ids.shape[0]} x {ids.shape[1]} tokens of {calib}; {device} "
@@ -132,7 +117,7 @@ def _source_dtype(source: str, fallback: torch.dtype) -> torch.dtype:
 
 
 def compress_baseline_folder(model_name: str, out: str | Path, method: str, pattern: str | None, bits: int | None,
-                             group_size: int | None, sparsity: float | None, calib: str = "coqa",
+                             group_size: int | None, sparsity: float | None, calib: str = DEFAULT_CALIBRATION_TEXT,
                              nsamples: int = 128, seqlen: int = 2048, device: torch.device = torch.device("cpu"),
                              dtype: torch.dtype = torch.float32, seed: int = 0, batch_size: int = 8,
                              overwrite: bool = False, **options: Any) -> dict[str, Any]:

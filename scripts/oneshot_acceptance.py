@@ -21,7 +21,7 @@ from gqsa.data import calibration_windows, eval_tokens, load_texts
 from gqsa.eval.perplexity import perplexity
 from gqsa.info import model_stats
 from gqsa.loading import load_model, load_tokenizer
-from gqsa.pipeline import compress
+from gqsa.pipeline import run_blocks
 from gqsa.solver.solve import solve_layer, solve_layer_naive
 
 
@@ -53,7 +53,7 @@ def main() -> None:
         for label, mask, solve in variants:
             model = load_model(str(src), cpu, torch.float32)
             t = time.perf_counter()
-            compress(model, GQSAConfig(sparsity=sparsity, bits=4, group_size=16, mask=mask), calib, solve=solve)
+            run_blocks(model, GQSAConfig(sparsity=sparsity, bits=4, group_size=16, mask=mask), calib, solve=solve)
             secs = time.perf_counter() - t
             ppl = perplexity(model, tokens, 1024, max_windows=a.windows)["ppl"]
             rows.append({"method": f"{label} W4 S{int(sparsity * 100)} G16", "ppl": ppl, "seconds": secs,

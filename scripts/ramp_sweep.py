@@ -22,7 +22,7 @@ from gqsa.config import GQSAConfig
 from gqsa.eval.perplexity import perplexity
 from gqsa.info import model_stats
 from gqsa.loading import load_model
-from gqsa.pipeline import compress
+from gqsa.compression import compress
 from oneshot_acceptance import smollm2_data  # scripts/ is on sys.path when run as a script
 
 

@@ -31,9 +31,11 @@ from gqsa.assets import smollm2_path
 from gqsa.config import GQSAConfig
 from gqsa.data import calibration_windows, eval_tokens, load_texts
 from gqsa.eval.perplexity import perplexity
-from gqsa.pipeline import compress
-from gqsa.train.bqpo import BQPOConfig, bqpo_hook, summarize
-from gqsa.train.e2e import E2EConfig, train_scales
+from gqsa.compression import compress
+from gqsa.config import BQPOConfig
+from gqsa.train.bqpo import bqpo_hook, summarize
+from gqsa.config import E2EConfig
+from gqsa.train.e2e import train_scales
 
 
 class PeakRSS:

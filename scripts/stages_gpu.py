@@ -19,9 +19,11 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from gqsa.config import GQSAConfig
-from gqsa.pipeline import compress
-from gqsa.train.bqpo import BQPOConfig, bqpo_hook
-from gqsa.train.e2e import E2EConfig, train_scales
+from gqsa.compression import compress
+from gqsa.config import BQPOConfig
+from gqsa.train.bqpo import bqpo_hook
+from gqsa.config import E2EConfig
+from gqsa.train.e2e import train_scales
 
 SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
                num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192,

@@ -10,7 +10,6 @@ model conversion (:func:`gqsa.assets.gguf_to_folder`) runs on the tiny GGUF of t
 import os
 import subprocess
 import zipfile
-from pathlib import Path
 
 import pytest
 

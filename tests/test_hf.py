@@ -7,7 +7,7 @@ from transformers import AutoModelForCausalLM
 import gqsa
 from gqsa import hf
 from gqsa.config import GQSAConfig
-from gqsa.pipeline import compress
+from gqsa.compression import compress
 from tiny_models import FAMILIES, calib_ids, tiny_model
 
 
@@ -24,7 +24,7 @@ def test_save_then_load_both_ways_gives_identical_logits(family, tmp_path):
     ids = calib_ids(2, 24, seed=5)
     with torch.no_grad():
         expected = model(ids).logits
-    out = gqsa.save_compressed(model, tmp_path / "m", config)
+    out = gqsa.save_compressed(model, tmp_path / "m")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
     assert qc["quant_method"] == "gqsa" and qc["format_version"] == 1 and qc["bits"] == 4
     assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
@@ -43,22 +43,22 @@ def test_interrupted_save_leaves_nothing_loadable(tmp_path, monkeypatch):
 
     monkeypatch.setattr(hf, "_copy_tokenizer_files", boom)
     with pytest.raises(KeyboardInterrupt):
-        gqsa.save_compressed(model, tmp_path / "m", config)
+        gqsa.save_compressed(model, tmp_path / "m")
     assert list(tmp_path.iterdir()) == []
 
 
 def test_existing_output_needs_overwrite(tmp_path):
     model, config = _compressed("llama")
-    gqsa.save_compressed(model, tmp_path / "m", config)
+    gqsa.save_compressed(model, tmp_path / "m")
     with pytest.raises(FileExistsError, match="overwrite"):
-        gqsa.save_compressed(model, tmp_path / "m", config)
-    gqsa.save_compressed(model, tmp_path / "m", config, overwrite=True)
+        gqsa.save_compressed(model, tmp_path / "m")
+    gqsa.save_compressed(model, tmp_path / "m", overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m"]
 
 
 def test_unknown_format_version_is_refused(tmp_path):
     model, config = _compressed("llama")
-    out = gqsa.save_compressed(model, tmp_path / "m", config)
+    out = gqsa.save_compressed(model, tmp_path / "m")
     cfg = json.loads((out / "config.json").read_text())
     cfg["quantization_config"]["format_version"] = 99
     (out / "config.json").write_text(json.dumps(cfg))

@@ -171,7 +171,7 @@ def test_real_lm_eval_loads_dense_and_gqsa_folders(tmp_path, tiny_llama, tiny_to
     tiny_tokenizer.save_pretrained(dense)
     calib = torch.randint(0, 256, (4, 16), generator=torch.Generator().manual_seed(0))
     gqsa.compress(tiny_llama, GQSAConfig(group_size=16, sparsity=0.5, bits=4), calib, progress=False)
-    packed = gqsa.save_compressed(tiny_llama, tmp_path / "packed", GQSAConfig(group_size=16), source=dense)
+    packed = gqsa.save_compressed(tiny_llama, tmp_path / "packed", source=dense)
     requests = [Instance("loglikelihood", {}, ("Question: 2+2?\nAnswer:", " 4"), 0)]
     for folder, model in ((dense, None), (packed, tiny_llama)):
         lm = cls.create_from_arg_string(f"pretrained={folder},dtype=float32", {"batch_size": 1, "device": "cpu"})

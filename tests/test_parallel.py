@@ -49,7 +49,7 @@ def saved(request, tmp_path_factory):
     model = _tiny(family)
     config = gqsa.GQSAConfig(group_size=16, sparsity=0.5, bits=4, balance="layer", skip=SKIP[family])
     gqsa.compress(model, config, calib_ids(), progress=False)
-    out = gqsa.save_compressed(model, tmp_path_factory.mktemp(family) / "m", config)
+    out = gqsa.save_compressed(model, tmp_path_factory.mktemp(family) / "m")
     ids = calib_ids(2, 16, seed=7)
     with torch.no_grad():
         expected = gqsa.load(out, dtype=torch.float32)(ids).logits

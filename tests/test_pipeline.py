@@ -5,7 +5,7 @@ from torch import nn
 from gqsa.config import GQSAConfig
 from gqsa.layer import GQSLinear
 from gqsa.models import find_blocks, find_linears
-from gqsa.pipeline import compress
+from gqsa.compression import compress
 from tiny_models import FAMILIES, calib_ids, tiny_model
 
 

@@ -28,7 +28,8 @@ from gqsa.baselines.wanda import wanda_layer
 from gqsa.config import GQSAConfig
 from gqsa.hf import save_compressed
 from gqsa.models import find_blocks, find_linears
-from gqsa.pipeline import compress
+from gqsa.compression import compress
+from gqsa.pipeline import run_blocks
 
 ALL_METHODS = ("gqsa", "rtn", "gptq", "sparsegpt", "wanda")
 SOLVERS = {"rtn": rtn_layer, "gptq": gptq_layer, "sparsegpt": sparsegpt_layer, "wanda": wanda_layer}
@@ -65,16 +66,17 @@ class MethodReport:
 def make_config(method: str, pattern: str | None = None, bits: int | None = None, group_size: int | None = None,
                 sparsity: float | None = None, **options: Any) -> GQSAConfig | BaselineConfig:
     """The config of ``method`` with per-method defaults: pattern as in ``DEFAULT_PATTERN``;
-    bits 4 (16 = no quantization for sparsegpt/wanda); group size 16 (gqsa) or 128;
-    sparsity 0.5 for gqsa and unstructured patterns. ``options`` go to the config."""
+    gqsa: :class:`GQSAConfig`'s own defaults; baselines: bits 4 (16 = no quantization for
+    sparsegpt/wanda), group size 128, sparsity 0.5 for unstructured patterns. ``options`` go
+    to the config."""
     if method not in ALL_METHODS:
         raise ValueError(f"method must be one of {ALL_METHODS}, got {method!r}")
     pattern = pattern or DEFAULT_PATTERN[method]
     if method == "gqsa":
         if pattern != "group":
             raise ValueError(f"gqsa takes pattern 'group', got {pattern!r}")
-        return GQSAConfig(group_size=group_size or 16, sparsity=0.5 if sparsity is None else sparsity,
-                          bits=bits or 4, **options)
+        given = {"group_size": group_size, "sparsity": sparsity, "bits": bits}
+        return GQSAConfig(**{k: v for k, v in given.items() if v is not None}, **options)
     if sparsity is None and pattern == "unstructured":
         sparsity = 0.5
     return BaselineConfig(method=method, pattern=pattern, sparsity=sparsity, bits=bits,
@@ -108,7 +110,7 @@ def compress_method(model: nn.Module, method: str, pattern: str | None = None, b
         bpw = gqsa_bits_per_weight(model)
     else:
         layers = (rtn_in_place(model, config) if calib is None
-                  else compress(model, config, calib, solve=SOLVERS[method], dense=True, **kw).layers)
+                  else run_blocks(model, config, calib, solve=SOLVERS[method], dense=True, **kw).layers)
         bpw = baseline_bits_per_weight(config, [tuple(s["shape"]) for s in layers])
     return MethodReport(method, config, bpw, layers, time.perf_counter() - t0)
 
@@ -135,7 +137,7 @@ def save_method(model: nn.Module, report: MethodReport, out: str | os.PathLike,
     """Save a model compressed by :func:`compress_method`: a gqsa folder for gqsa, a dense
     transformers folder with a ``gqsa_baseline`` entry in config.json otherwise."""
     if isinstance(report.config, GQSAConfig):
-        return save_compressed(model, out, report.config, source=source, overwrite=overwrite)
+        return save_compressed(model, out, source=source, overwrite=overwrite)
     description = {**report.settings(), "bits_per_weight": report.bits_per_weight,
                    "bits_convention": BITS_CONVENTION}
     return save_baseline(model, out, description, source=source, overwrite=overwrite)

@@ -28,7 +28,7 @@ because s or z moved.
 Inputs and targets. Block i is trained on the *compressed* model's own inputs (outputs of
 compressed blocks 0..i-1: the pipeline's ``inputs``) against the *full-precision chain*
 (dense block i applied to the dense model's inputs of block i; the pipeline carries that
-chain with ``compress(..., fp_targets=True)``). That is Block-AP's choice (``quant_inps``
+chain with ``run_blocks(..., fp_targets=True)``; :func:`gqsa.compress` sets it from the config). That is Block-AP's choice (``quant_inps``
 against ``fp_inps``) and OmniQuant's: the target is what the FP model computes at this
 depth, so block i learns to undo the error that blocks < i left in its inputs too, not only
 its own rounding error. The cost: one more [n, L, d] tensor and one dense block forward per
@@ -43,10 +43,8 @@ one-shot solver's error compensation.)
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -54,68 +52,13 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm.auto import tqdm
 
-from gqsa.config import require
+from gqsa.config import BQPOConfig
 from gqsa.format import pack_layer, row_of_groups, unpack_codes
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
 from gqsa.pipeline import fit_batch
 
 MIN_SCALE = 1e-6  # keeps w / s finite; far below any scale a real group gets
-
-
-@dataclass(frozen=True)
-class BQPOConfig:
-    """Settings of BQPO; defaults follow EfficientQAT Block-AP for 4-bit (w4g128 script).
-
-    Attributes:
-        epochs: passes over the calibration sequences per block (Block-AP: 2).
-        batch_size: sequences per optimizer step (Block-AP: 2).
-        lr_weight: AdamW learning rate of the kept float weights, which set the codes
-            (Block-AP: 1e-5 at 4 bits, 2e-5 at 2-3 bits; 0 freezes them and the codes). Block-AP
-            runs 4096 sequences x 2 epochs / batch 2 = 4096 steps; with far fewer steps (a CPU
-            budget) larger rates are needed, see docs/stages.md.
-        lr_scale: learning rate of the per-group scales (Block-AP ``quant_lr``: 1e-4).
-        lr_zero: learning rate of the zero points, trained as floats and rounded (STE) in
-            the forward pass and at pack time (Block-AP trains them with ``quant_lr``; 0 freezes).
-        weight_decay: AdamW weight decay (Block-AP: 0).
-        min_lr_factor: cosine schedule from lr down to lr / min_lr_factor (Block-AP: 20).
-        max_grad_norm: gradient clipping (0: none).
-        fp_targets: train against the full-precision chain's outputs (see module doc); pass
-            the same value to ``compress(..., fp_targets=...)``.
-        amp: bfloat16 autocast on CUDA (the master weights stay float32); CPU is always float32.
-        keep_best: if the trained block's output MSE is worse than the one-shot block's,
-            keep the one-shot layers (logged as ``reverted``).
-        seed: seed of the batch order (block i uses ``seed + i``).
-    """
-
-    epochs: int = 2
-    batch_size: int = 2
-    lr_weight: float = 1e-5
-    lr_scale: float = 1e-4
-    lr_zero: float = 1e-4
-    weight_decay: float = 0.0
-    min_lr_factor: float = 20.0
-    max_grad_norm: float = 0.3
-    fp_targets: bool = True
-    amp: bool = True
-    keep_best: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        require(isinstance(self.epochs, int) and self.epochs >= 1, f"epochs must be an int >= 1, got {self.epochs!r}")
-        require(isinstance(self.batch_size, int) and self.batch_size >= 1,
-               f"batch_size must be an int >= 1, got {self.batch_size!r}")
-        for name in ("lr_weight", "lr_scale", "lr_zero", "weight_decay", "max_grad_norm"):
-            value = getattr(self, name)
-            require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
-                   f"{name} must be a finite number >= 0, got {value!r}")
-        require(self.lr_weight > 0 or self.lr_scale > 0 or self.lr_zero > 0,
-               "at least one of lr_weight, lr_scale, lr_zero must be > 0 (else there is nothing to train)")
-        require(isinstance(self.min_lr_factor, (int, float)) and self.min_lr_factor >= 1,
-               f"min_lr_factor must be >= 1, got {self.min_lr_factor!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 

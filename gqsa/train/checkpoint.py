@@ -64,7 +64,7 @@ def run_fingerprint(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, *
 
 
 class BlockCheckpoint:
-    """A checkpoint folder for :func:`gqsa.pipeline.compress` (its ``BlockStore``).
+    """A checkpoint folder for :func:`gqsa.pipeline.run_blocks` (its ``BlockStore``).
 
     Args:
         folder: the checkpoint folder (created if missing).

@@ -23,10 +23,8 @@ block inputs, and one dequantized [N, K] weight at a time on the reference path.
 
 from __future__ import annotations
 
-import dataclasses
 import math
 import time
-from dataclasses import dataclass
 from typing import Any, Callable
 
 import torch
@@ -34,63 +32,10 @@ from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
 
-from gqsa.config import require
+from gqsa.config import E2EConfig
 from gqsa.layer import GQSLinear
 from gqsa.pipeline import peak_memory
 from gqsa.train.bqpo import as_stored_scale, ste
-
-
-@dataclass(frozen=True)
-class E2EConfig:
-    """Settings of E2E-OQP; defaults follow EfficientQAT E2E-QP (Llama-2 w4g128 script).
-
-    Attributes:
-        epochs: passes over the training windows (EfficientQAT: 1).
-        lr: AdamW learning rate of the scales (EfficientQAT: 1e-5 at 4 bits, 2e-5 at 2-3 bits).
-        batch_size: windows per forward pass (EfficientQAT: 4).
-        grad_accum: forward passes per optimizer step (EfficientQAT: 8, so 32 windows a step).
-        train_zeros: also train the zero points (float master, rounded with an STE); off by
-            default, as in EfficientQAT: integer zero points move only in whole steps.
-        lr_zero: learning rate of the zero points when trained.
-        weight_decay: AdamW weight decay (EfficientQAT: 0).
-        max_grad_norm: gradient clipping (EfficientQAT: 0.3; 0: none).
-        warmup_ratio: fraction of the steps with a linear warmup before the cosine decay to 0.
-        gradient_checkpointing: recompute each block's activations in the backward pass.
-        amp: mixed precision on CUDA (scales stay float32; see :func:`autocast_dtype`); CPU is
-            always float32.
-        seed: seed of the window order.
-    """
-
-    epochs: int = 1
-    lr: float = 1e-5
-    batch_size: int = 4
-    grad_accum: int = 8
-    train_zeros: bool = False
-    lr_zero: float = 1e-4
-    weight_decay: float = 0.0
-    max_grad_norm: float = 0.3
-    warmup_ratio: float = 0.03
-    gradient_checkpointing: bool = True
-    amp: bool = True
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        for name in ("epochs", "batch_size", "grad_accum"):
-            value = getattr(self, name)
-            require(isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}")
-        for name in ("lr", "lr_zero"):
-            value = getattr(self, name)
-            require(isinstance(value, (int, float)) and math.isfinite(value) and value > 0,
-                   f"{name} must be a finite number > 0, got {value!r}")
-        for name in ("weight_decay", "max_grad_norm"):
-            value = getattr(self, name)
-            require(isinstance(value, (int, float)) and math.isfinite(value) and value >= 0,
-                   f"{name} must be a finite number >= 0, got {value!r}")
-        require(isinstance(self.warmup_ratio, (int, float)) and 0 <= self.warmup_ratio < 1,
-               f"warmup_ratio must be in [0, 1), got {self.warmup_ratio!r}")
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
 
 
 

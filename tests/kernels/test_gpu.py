@@ -112,7 +112,7 @@ def generate_error(device: str, dtype: torch.dtype, cache: str, new_tokens: int 
     import copy
 
     from gqsa.config import GQSAConfig
-    from gqsa.pipeline import compress
+    from gqsa.compression import compress
     from tests.tiny_models import calib_ids, tiny_model
     model = tiny_model("llama")
     compress(model, GQSAConfig(sparsity=0.5), calib_ids(4, 32), progress=False)

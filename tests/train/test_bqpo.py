@@ -13,8 +13,9 @@ from gqsa.config import GQSAConfig
 from gqsa.format import dequantize
 from gqsa.layer import GQSLinear
 from gqsa.models import find_blocks
-from gqsa.pipeline import capture_block_inputs, compress, compress_block
-from gqsa.train.bqpo import BQPOConfig, FakeQuantLinear, block_mse, bqpo_hook, summarize, train_block
+from gqsa.pipeline import capture_block_inputs, compress_block, run_blocks
+from gqsa.config import BQPOConfig
+from gqsa.train.bqpo import FakeQuantLinear, block_mse, bqpo_hook, summarize, train_block
 
 CONFIG = GQSAConfig(group_size=16, sparsity=0.5, bits=4)
 PACKED = ("codes", "col_idx", "row_ptr", "scales", "zeros")
@@ -109,7 +110,7 @@ def test_pipeline_gives_the_hook_full_precision_targets(fp_targets):
         seen[i] = targets.clone()
         return bqpo_hook(BQPOConfig(epochs=1, lr_weight=1e-4), progress=False)(i, block, inputs, targets, kwargs)
 
-    report = compress(model, CONFIG, calib, progress=False, after_block=hook, fp_targets=fp_targets)
+    report = run_blocks(model, CONFIG, calib, progress=False, after_block=hook, fp_targets=fp_targets)
     fp_chain = _dense_block_outputs(dense, calib, 1)
     gap = (seen[1] - fp_chain).abs().max().item()
     if fp_targets:

@@ -10,8 +10,9 @@ from tiny_models import VOCAB, calib_ids, tiny_model
 from gqsa.config import GQSAConfig
 from gqsa.hf import load, save_compressed
 from gqsa.layer import GQSLinear
-from gqsa.pipeline import compress
-from gqsa.train.e2e import E2EConfig, make_frozen, make_trainable, mean_loss, train_scales
+from gqsa.compression import compress
+from gqsa.config import E2EConfig
+from gqsa.train.e2e import make_frozen, make_trainable, mean_loss, train_scales
 
 FROZEN = ("codes", "col_idx", "row_ptr")
 
@@ -96,7 +97,7 @@ def test_trained_model_saves_and_loads_with_the_same_outputs(tmp_path):
     model = _compressed()
     train_scales(model, _windows(), E2EConfig(epochs=1, lr=1e-3, batch_size=4, grad_accum=1), progress=False,
                  evaluate=False)
-    out = save_compressed(model, tmp_path / "m", GQSAConfig(group_size=16, sparsity=0.5, bits=4))
+    out = save_compressed(model, tmp_path / "m")
     loaded = load(out, dtype=torch.float32)
     batch = _windows(2)
     with torch.no_grad():

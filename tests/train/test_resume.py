@@ -11,8 +11,10 @@ import torch
 from tiny_models import calib_ids, tiny_model
 
 from gqsa.config import GQSAConfig
-from gqsa.pipeline import compress
-from gqsa.train.bqpo import BQPOConfig, bqpo_hook
+
+from gqsa.pipeline import run_blocks
+from gqsa.config import BQPOConfig
+from gqsa.train.bqpo import bqpo_hook
 from gqsa.train.checkpoint import BlockCheckpoint, atomic_write, run_fingerprint
 
 CONFIG = GQSAConfig(group_size=16, sparsity=0.5, bits=4)
@@ -39,7 +41,7 @@ def _run(folder, resume=False, stop_at=None, calls=None, config=CONFIG):
 
     ckpt = BlockCheckpoint(folder, run_fingerprint(model, config, calib, bqpo=BQPO.to_dict(), fp_targets=True),
                            resume=resume)
-    report = compress(model, config, calib, progress=False, after_block=hook, fp_targets=True, checkpoint=ckpt)
+    report = run_blocks(model, config, calib, progress=False, after_block=hook, fp_targets=True, checkpoint=ckpt)
     return model, report
 
 
@@ -97,9 +99,9 @@ def test_bad_pipeline_options_raise(tmp_path):
     model, calib = tiny_model("llama"), calib_ids(4, 16)
     ckpt = BlockCheckpoint(tmp_path, run_fingerprint(model, CONFIG, calib))
     with pytest.raises(ValueError, match="not both"):
-        compress(model, CONFIG, calib, progress=False, start_block=1, checkpoint=ckpt)
+        run_blocks(model, CONFIG, calib, progress=False, start_block=1, checkpoint=ckpt)
     with pytest.raises(ValueError, match="fp_targets"):
-        compress(model, CONFIG, calib, progress=False, start_block=1, fp_targets=True)
+        run_blocks(model, CONFIG, calib, progress=False, start_block=1, fp_targets=True)
     with pytest.raises(ValueError, match="out of order"):
         ckpt.save(1, model.model.layers[1], {"index": 1, "layers": []})
     with pytest.raises(TypeError):
