@@ -12,12 +12,12 @@ from typing import Any
 
 import torch
 
+from gqsa.compression import compress
 from gqsa.config import GQSAConfig
 from gqsa.data import DEFAULT_CALIBRATION_TEXT, calibration_windows, load_texts
 from gqsa.hf import save_compressed
 from gqsa.info import folder_bytes, model_stats
 from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_model
-from gqsa.compression import compress
 
 
 @dataclass(frozen=True)

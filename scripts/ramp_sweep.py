@@ -17,13 +17,15 @@ from datetime import date
 from pathlib import Path
 
 import torch
+from oneshot_acceptance import (
+    smollm2_data,  # scripts/ is on sys.path when run as a script
+)
 
+from gqsa.compression import compress
 from gqsa.config import GQSAConfig
 from gqsa.eval.perplexity import perplexity
 from gqsa.info import model_stats
 from gqsa.loading import load_model
-from gqsa.compression import compress
-from oneshot_acceptance import smollm2_data  # scripts/ is on sys.path when run as a script
 
 
 def main() -> None:

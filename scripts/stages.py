@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import datetime
 import json
 import platform
@@ -28,13 +29,10 @@ import torch
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
 from gqsa.assets import smollm2_path
-from gqsa.config import GQSAConfig
+from gqsa.compression import compress
+from gqsa.config import BQPOConfig, E2EConfig, GQSAConfig
 from gqsa.data import calibration_windows, eval_tokens, load_texts
 from gqsa.eval.perplexity import perplexity
-from gqsa.compression import compress
-from gqsa.config import BQPOConfig
-from gqsa.train.bqpo import bqpo_hook, summarize
-from gqsa.config import E2EConfig
 from gqsa.train.e2e import train_scales
 
 
@@ -97,12 +95,12 @@ def sparsity_stages(dense, calib, train, tokens, a, sparsity: float, results: di
     del model
 
     model = copy.deepcopy(dense)
-    rep = run_stage(f"{tag} +BQPO", lambda: compress(model, config, calib, batch_size=8, progress=False,
-                                                     after_block=bqpo_hook(bqpo, progress=False),
-                                                     fp_targets=bqpo.fp_targets), results)
-    results[f"{tag} +BQPO"]["bqpo"] = summarize(rep.blocks, bqpo)
+    with_bqpo = dataclasses.replace(config, bqpo=bqpo)
+    rep = run_stage(f"{tag} +BQPO", lambda: compress(model, with_bqpo, calib, batch_size=8, progress=False), results)
+    results[f"{tag} +BQPO"]["bqpo"] = rep.stages["bqpo"]
     evaluate(model, tokens, a, results, f"{tag} +BQPO")
 
+    # E2E-OQP on the model BQPO left (the verb would run one-shot and BQPO again first).
     log = run_stage(f"{tag} +BQPO+E2E", lambda: train_scales(model, train, e2e, progress=False), results)
     results[f"{tag} +BQPO+E2E"]["e2e"] = log
     evaluate(model, tokens, a, results, f"{tag} +BQPO+E2E")

@@ -11,6 +11,7 @@ Usage: python scripts/stages_gpu.py [--nsamples 128] [--seqlen 2048] [--out stag
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from datetime import date
@@ -18,11 +19,8 @@ from datetime import date
 import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
-from gqsa.config import GQSAConfig
 from gqsa.compression import compress
-from gqsa.config import BQPOConfig
-from gqsa.train.bqpo import bqpo_hook
-from gqsa.config import E2EConfig
+from gqsa.config import BQPOConfig, E2EConfig, GQSAConfig
 from gqsa.train.e2e import train_scales
 
 SMOLLM2 = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
@@ -54,10 +52,9 @@ def main() -> None:
     results: dict = {}
     cfg = GQSAConfig(sparsity=0.5, bits=4, group_size=16)
     bqpo = BQPOConfig()
-    for label, hook in (("oneshot", None), ("oneshot+bqpo", bqpo_hook(bqpo, progress=False))):
+    for label, config in (("oneshot", cfg), ("oneshot+bqpo", dataclasses.replace(cfg, bqpo=bqpo))):
         model = LlamaForCausalLM(LlamaConfig(**SMOLLM2)).to(dev, torch.bfloat16).eval()
-        stage(label, lambda: compress(model, cfg, calib, device=dev, progress=False, after_block=hook,
-                                      fp_targets=hook is not None and bqpo.fp_targets), results)
+        stage(label, lambda: compress(model, config, calib, device=dev, progress=False), results)
     windows = calib[: a.e2e_windows, :1024]
     stage("e2e_oqp", lambda: train_scales(model, windows, E2EConfig(), device=dev, progress=False,
                                           evaluate=False), results)

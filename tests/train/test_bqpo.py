@@ -9,13 +9,18 @@ import pytest
 import torch
 from tiny_models import calib_ids, tiny_model
 
-from gqsa.config import GQSAConfig
+from gqsa.config import BQPOConfig, GQSAConfig
 from gqsa.format import dequantize
 from gqsa.layer import GQSLinear
 from gqsa.models import find_blocks
 from gqsa.pipeline import capture_block_inputs, compress_block, run_blocks
-from gqsa.config import BQPOConfig
-from gqsa.train.bqpo import FakeQuantLinear, block_mse, bqpo_hook, summarize, train_block
+from gqsa.train.bqpo import (
+    FakeQuantLinear,
+    block_mse,
+    bqpo_hook,
+    summarize,
+    train_block,
+)
 
 CONFIG = GQSAConfig(group_size=16, sparsity=0.5, bits=4)
 PACKED = ("codes", "col_idx", "row_ptr", "scales", "zeros")

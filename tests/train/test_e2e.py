@@ -7,11 +7,10 @@ import pytest
 import torch
 from tiny_models import VOCAB, calib_ids, tiny_model
 
-from gqsa.config import GQSAConfig
+from gqsa.compression import compress
+from gqsa.config import E2EConfig, GQSAConfig
 from gqsa.hf import load, save_compressed
 from gqsa.layer import GQSLinear
-from gqsa.compression import compress
-from gqsa.config import E2EConfig
 from gqsa.train.e2e import make_frozen, make_trainable, mean_loss, train_scales
 
 FROZEN = ("codes", "col_idx", "row_ptr")

@@ -10,10 +10,8 @@ import pytest
 import torch
 from tiny_models import calib_ids, tiny_model
 
-from gqsa.config import GQSAConfig
-
+from gqsa.config import BQPOConfig, GQSAConfig
 from gqsa.pipeline import run_blocks
-from gqsa.config import BQPOConfig
 from gqsa.train.bqpo import bqpo_hook
 from gqsa.train.checkpoint import BlockCheckpoint, atomic_write, run_fingerprint
 
