@@ -12,11 +12,11 @@ On a GPU, ``gqsa.prepare_kernels(model)`` after ``model.cuda()`` and before ``to
 or CUDA graph capture (an eager forward does it by itself).
 """
 
+from gqsa.compression import compress
 from gqsa.config import BQPOConfig, E2EConfig, GQSAConfig
 from gqsa.hf import load, save_compressed
 from gqsa.hf_quantizer import register as _register
 from gqsa.layer import GQSLinear, prepare_kernels
-from gqsa.compression import compress
 
 _register()
 

@@ -53,12 +53,6 @@ def generate_text(model_name: str, prompt: str, max_new_tokens: int, device: tor
     return tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True)
 
 
-def _weighted_sparsity(layers: list[dict[str, Any]]) -> float:
-    """Pruned fraction of all compressed weights (layers weighted by size, not averaged)."""
-    total = sum(l["shape"][0] * l["shape"][1] for l in layers)
-    return sum(l["sparsity"] * l["shape"][0] * l["shape"][1] for l in layers) / max(1, total)
-
-
 def folder_info(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """Bytes on disk, effective bits per weight, per-layer sparsity and the stages that ran;
     ``verify``: check the weight files' sha256 first (``checksums`` says how many matched)."""
@@ -72,7 +66,7 @@ def folder_info(path: str | Path, verify: bool = True) -> dict[str, Any]:
             "original_bytes": log.get("original_bytes"),
             "compressed_layers": stats["compressed_layers"],
             "bits_per_weight": round(stats["bits_per_weight"], 3),
-            "mean_sparsity": round(_weighted_sparsity(stats["layers"]), 4),
+            "mean_sparsity": round(stats["sparsity"], 4),
             "config": {k: v for k, v in model.config.quantization_config.items() if k != "layers"},
             "stages": list((model.config.quantization_config.get("stages") or {}).keys()),
             "checksums": "not checked" if checked is None else (f"{checked} files match" if checked else

@@ -24,6 +24,7 @@ fills whole bytes.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
@@ -53,6 +54,16 @@ class PackedGQS:
     def nnz(self) -> int:
         """Number of kept groups."""
         return int(self.col_idx.numel())
+
+    @property
+    def density(self) -> float:
+        """Fraction of the layer's groups that are kept (1 - sparsity)."""
+        return self.nnz / max(1, self.out_features * (self.in_features // self.group_size))
+
+    @property
+    def sparsity(self) -> float:
+        """Fraction of the layer's groups (and weights) that are pruned."""
+        return 1.0 - self.density
 
     def nbytes(self) -> int:
         """Bytes of all packed tensors (codes, indices, row pointers, scales, zeros)."""
@@ -136,16 +147,47 @@ def row_of_groups(row_ptr: torch.Tensor) -> torch.Tensor:
     return torch.repeat_interleave(torch.arange(counts.numel(), device=row_ptr.device), counts)
 
 
+class Unpacked(NamedTuple):
+    """A packed layer on the dense group grid: the inverse of :func:`pack_layer`'s arguments.
+
+    ``q`` [N, K/G, G] codes, ``keep`` [N, K/G] bool, ``scales`` and ``zeros`` [N, K/G]; pruned
+    groups hold code 0, zero 0 and scale ``fill_scale``.
+    """
+
+    q: torch.Tensor
+    keep: torch.Tensor
+    scales: torch.Tensor
+    zeros: torch.Tensor
+
+
+def group_positions(p: PackedGQS) -> tuple[torch.Tensor, torch.Tensor]:
+    """(row, column-group) index [nnz] int64 of each kept group: where CSR order puts it."""
+    return row_of_groups(p.row_ptr), p.col_idx.to(torch.int64)
+
+
+def keep_mask(p: PackedGQS) -> torch.Tensor:
+    """Kept-group mask [N, K/G] bool of a packed layer."""
+    keep = torch.zeros(p.out_features, p.in_features // p.group_size, dtype=torch.bool, device=p.row_ptr.device)
+    keep[group_positions(p)] = True
+    return keep
+
+
+def unpack_layer(p: PackedGQS, dtype: torch.dtype = torch.float32, fill_scale: float = 0.0) -> Unpacked:
+    """Inverse of :func:`pack_layer`: codes, mask, scales and zeros on the dense group grid
+    (float ``dtype``). Differentiable in ``p.scales`` and ``p.zeros`` when they require grad."""
+    n, ng, g = p.out_features, p.in_features // p.group_size, p.group_size
+    at, dev = group_positions(p), p.codes.device
+    q = torch.zeros(n, ng, g, dtype=dtype, device=dev).index_put(at, unpack_codes(p.codes, p.bits, g).to(dtype))
+    scales = torch.full((n, ng), fill_scale, dtype=dtype, device=dev).index_put(at, p.scales.to(dtype))
+    zeros = torch.zeros(n, ng, dtype=dtype, device=dev).index_put(at, p.zeros.to(dtype))
+    return Unpacked(q, keep_mask(p), scales, zeros)
+
+
 def dequantize(p: PackedGQS, dtype: torch.dtype = torch.float32) -> torch.Tensor:
-    """Dense weight [N, K] of a packed layer; pruned groups are 0. Differentiable in
-    ``p.scales`` and ``p.zeros`` when they require grad (E2E-OQP's parametrized scales)."""
-    q = unpack_codes(p.codes, p.bits, p.group_size).to(dtype)
-    w = (q - p.zeros.to(dtype).unsqueeze(1)) * p.scales.to(dtype).unsqueeze(1)
-    ng = p.in_features // p.group_size
-    rows = row_of_groups(p.row_ptr)
-    dense = torch.zeros(p.out_features, ng, p.group_size, dtype=dtype, device=w.device)
-    dense = dense.index_put((rows, p.col_idx.to(torch.int64)), w)
-    return dense.reshape(p.out_features, p.in_features)
+    """Dense weight [N, K] of a packed layer, ``(q - z) * s``; pruned groups are 0.
+    Differentiable in ``p.scales`` and ``p.zeros`` when they require grad (E2E-OQP)."""
+    u = unpack_layer(p, dtype)
+    return ((u.q - u.zeros.unsqueeze(-1)) * u.scales.unsqueeze(-1)).reshape(p.out_features, p.in_features)
 
 
 def validate_packed(p: PackedGQS, name: str = "layer") -> None:

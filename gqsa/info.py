@@ -19,7 +19,7 @@ def folder_bytes(path: str | Path) -> int:
 def model_stats(model: nn.Module) -> dict[str, Any]:
     """Effective bits per weight of the compressed layers (codes, column indices, row
     pointers, scales, zeros and bias all counted) and per-layer kept fractions."""
-    packed_bytes, dense_weights, layers = 0, 0, []
+    packed_bytes, dense_weights, kept_weights, layers = 0, 0, 0, []
     for name, m in model.named_modules():
         if not isinstance(m, GQSLinear):
             continue
@@ -28,12 +28,14 @@ def model_stats(model: nn.Module) -> dict[str, Any]:
         count = m.in_features * m.out_features
         packed_bytes += nbytes
         dense_weights += count
+        kept_weights += p.density * count
         layers.append({"name": name, "shape": [m.out_features, m.in_features], "bytes": nbytes,
                        "bits_per_weight": 8 * nbytes / count,
-                       "sparsity": 1 - p.nnz * m.group_size / count})
+                       "sparsity": p.sparsity})
     total_params = sum(p.numel() for p in model.parameters())
     return {"compressed_layers": len(layers), "compressed_weights": dense_weights,
             "packed_bytes": packed_bytes, "bits_per_weight": 8 * packed_bytes / max(1, dense_weights),
+            "sparsity": 1 - kept_weights / max(1, dense_weights),
             "dense_params_left": total_params, "layers": layers}
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gqsa.format import FORMAT_VERSION, PackedGQS, check_shape
+from gqsa.format import FORMAT_VERSION, TENSOR_NAMES, PackedGQS, check_shape
 from gqsa.kernels.plan import PLAN_TENSORS, KernelPlan, build_plan
 
 
@@ -56,7 +56,7 @@ class GQSLinear(nn.Module):
         dtype = torch.float16 if bias is None else bias.dtype
         layer = cls(packed.in_features, packed.out_features, packed.nnz, packed.group_size, packed.bits,
                     bias is not None, dtype, device="meta")
-        for name in ("codes", "col_idx", "row_ptr", "scales", "zeros"):
+        for name in TENSOR_NAMES:
             setattr(layer, name, getattr(packed, name).to(device) if device else getattr(packed, name))
         if bias is not None:
             layer.bias = bias.detach().clone()
@@ -114,9 +114,8 @@ class GQSLinear(nn.Module):
         return gqs_linear(x, self.packed(), self.bias, self.kernel_plan(), self.schedule)
 
     def extra_repr(self) -> str:
-        kept = self.nnz / max(1, self.out_features * self.in_features // self.group_size)
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"bits={self.bits}, kept={kept:.3f}, bias={self.bias is not None}")
+                f"bits={self.bits}, kept={self.packed().density:.3f}, bias={self.bias is not None}")
 
 
 def prepare_kernels(model: nn.Module) -> int:

@@ -31,7 +31,12 @@ from safetensors import safe_open
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
-from gqsa.hf import _config_dtype, _load_state, read_quantization_config, replace_with_gqs_layers
+from gqsa.hf import (
+    _config_dtype,
+    _load_state,
+    read_quantization_config,
+    replace_with_gqs_layers,
+)
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
 from gqsa.shard import read_colwise, read_rowwise, rowwise_groups, shard_range

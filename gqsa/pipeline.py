@@ -186,7 +186,7 @@ def install_layer(block: nn.Module, name: str, lin: nn.Linear, res: LayerResult,
     new.to(lin.weight.device)
     set_submodule(block, name, new)
     return {"nnz_groups": packed.nnz,
-            "sparsity": 1 - packed.nnz / (lin.out_features * lin.in_features // config.group_size)}
+            "sparsity": packed.sparsity}
 
 
 @dataclass(frozen=True)

@@ -4,9 +4,9 @@ import json
 
 import pytest
 import torch
+from tiny_models import tiny_model
 
 from gqsa.cli import main
-from tiny_models import tiny_model
 
 
 @pytest.fixture

@@ -12,7 +12,13 @@ import torch
 import torch.nn.functional as F
 
 from gqsa import assets
-from gqsa.eval import evaluate_mc, load_mc_tasks, loglikelihood, loglikelihoods, perplexity
+from gqsa.eval import (
+    evaluate_mc,
+    load_mc_tasks,
+    loglikelihood,
+    loglikelihoods,
+    perplexity,
+)
 
 needs_assets = pytest.mark.skipif(
     os.environ.get("GQSA_ASSETS") != "1", reason="needs the registry assets: set GQSA_ASSETS=1"
@@ -181,6 +187,16 @@ def test_smollm2_real_perplexity_is_plausible():
 
 
 def test_folder_sparsity_weights_layers_by_size():
-    from gqsa.evaluate import _weighted_sparsity
-    layers = [{"shape": [10, 10], "sparsity": 0.0}, {"shape": [30, 10], "sparsity": 0.8}]
-    assert _weighted_sparsity(layers) == 0.6  # (0 * 100 + 0.8 * 300) / 400, not the plain mean 0.4
+    """model_stats' sparsity counts weights, not layers: a small dense layer beside a large sparse one."""
+    from gqsa.format import pack_layer
+    from gqsa.info import model_stats
+    from gqsa.layer import GQSLinear
+
+    def layer(n, keep_fraction):
+        keep = torch.zeros(n, 1, dtype=torch.bool)
+        keep[: round(n * keep_fraction)] = True
+        p = pack_layer(torch.zeros(n, 16), keep, torch.ones(n, 1), torch.zeros(n, 1), 16, 4)
+        return GQSLinear.from_packed(p)
+
+    model = torch.nn.Sequential(layer(10, 1.0), layer(30, 0.2))
+    assert model_stats(model)["sparsity"] == pytest.approx(0.6)  # (0 * 160 + 0.8 * 480) / 640, not the mean 0.4

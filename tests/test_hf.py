@@ -2,13 +2,13 @@ import json
 
 import pytest
 import torch
+from tiny_models import FAMILIES, calib_ids, tiny_model
 from transformers import AutoModelForCausalLM
 
 import gqsa
 from gqsa import hf
-from gqsa.config import GQSAConfig
 from gqsa.compression import compress
-from tiny_models import FAMILIES, calib_ids, tiny_model
+from gqsa.config import GQSAConfig
 
 
 def _compressed(family, **cfg):

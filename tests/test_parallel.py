@@ -5,13 +5,14 @@ import socket
 import pytest
 import torch
 import torch.multiprocessing as mp
+import tp_worker
+from tiny_models import VOCAB, calib_ids
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
 import gqsa
 from gqsa import parallel, shard
+from gqsa.format import TENSOR_NAMES
 from gqsa.layer import GQSLinear
-from tiny_models import VOCAB, calib_ids
-import tp_worker
 
 # fp32 on CPU. Column-parallel shards compute the same dot products as the whole layer; a
 # row-parallel layer's all-reduce adds P partial sums over K/P columns each instead of one sum
@@ -86,7 +87,7 @@ def test_rank_loads_exactly_its_shards(saved):
         if isinstance(full, GQSLinear):
             split = shard.colwise if style == "colwise" else shard.rowwise
             expected = split(full.packed(), 1, 2)
-            for t in ("codes", "col_idx", "row_ptr", "scales", "zeros"):
+            for t in TENSOR_NAMES:
                 assert torch.equal(getattr(mine, t), getattr(expected, t)), (name, t)
         else:
             w = full.weight.chunk(2, dim=0 if style == "colwise" else 1)[1]

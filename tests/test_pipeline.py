@@ -1,12 +1,12 @@
 import pytest
 import torch
+from tiny_models import FAMILIES, calib_ids, tiny_model
 from torch import nn
 
+from gqsa.compression import compress
 from gqsa.config import GQSAConfig
 from gqsa.layer import GQSLinear
 from gqsa.models import find_blocks, find_linears
-from gqsa.compression import compress
-from tiny_models import FAMILIES, calib_ids, tiny_model
 
 
 @pytest.mark.parametrize("family", FAMILIES)

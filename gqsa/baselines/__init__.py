@@ -15,7 +15,13 @@ a ``gqsa_baseline`` entry), ``method`` (``compress_method``).
 from gqsa.baselines.bits import baseline_bits_per_weight, gqsa_bits_per_weight
 from gqsa.baselines.config import BaselineConfig
 from gqsa.baselines.gptq import gptq_layer
-from gqsa.baselines.method import ALL_METHODS, MethodReport, compress_method, make_config, save_method
+from gqsa.baselines.method import (
+           ALL_METHODS,
+           MethodReport,
+           compress_method,
+           make_config,
+           save_method,
+)
 from gqsa.baselines.rtn import rtn_layer, rtn_quantize
 from gqsa.baselines.save import read_baseline, save_baseline
 from gqsa.baselines.sparsegpt import sparsegpt_layer

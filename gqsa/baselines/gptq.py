@@ -14,7 +14,12 @@ import torch
 from gqsa.baselines.config import BaselineConfig
 from gqsa.baselines.obs import obs_sweep
 from gqsa.baselines.rtn import rtn_quantize
-from gqsa.solver.hessian import HessianAccumulator, damped_inverse, dead_inputs, inverse_cholesky_upper
+from gqsa.solver.hessian import (
+    HessianAccumulator,
+    damped_inverse,
+    dead_inputs,
+    inverse_cholesky_upper,
+)
 from gqsa.solver.prune_quant import LayerResult
 
 

@@ -18,17 +18,21 @@ from typing import Any
 import torch
 from torch import nn
 
-from gqsa.baselines.bits import BITS_CONVENTION, baseline_bits_per_weight, gqsa_bits_per_weight
+from gqsa.baselines.bits import (
+    BITS_CONVENTION,
+    baseline_bits_per_weight,
+    gqsa_bits_per_weight,
+)
 from gqsa.baselines.config import BaselineConfig
 from gqsa.baselines.gptq import gptq_layer
 from gqsa.baselines.rtn import rtn_layer
 from gqsa.baselines.save import save_baseline
 from gqsa.baselines.sparsegpt import sparsegpt_layer
 from gqsa.baselines.wanda import wanda_layer
+from gqsa.compression import compress
 from gqsa.config import GQSAConfig
 from gqsa.hf import save_compressed
 from gqsa.models import find_blocks, find_linears
-from gqsa.compression import compress
 from gqsa.pipeline import run_blocks
 
 ALL_METHODS = ("gqsa", "rtn", "gptq", "sparsegpt", "wanda")

@@ -12,7 +12,9 @@ import torch
 
 from gqsa.baselines.config import BaselineConfig
 from gqsa.solver.prune_quant import LayerResult
-from gqsa.solver.quant import rtn_quantize  # the one RTN quantizer, shared with the solver's naive path
+from gqsa.solver.quant import (
+    rtn_quantize,  # the one RTN quantizer, shared with the solver's naive path
+)
 
 
 def rtn_layer(weight: torch.Tensor, acc, cfg: BaselineConfig) -> LayerResult:

@@ -13,7 +13,11 @@ import torch
 from gqsa.baselines.config import BaselineConfig
 from gqsa.baselines.gptq import prepared_weight
 from gqsa.baselines.obs import obs_sweep
-from gqsa.solver.hessian import HessianAccumulator, damped_inverse, inverse_cholesky_upper
+from gqsa.solver.hessian import (
+    HessianAccumulator,
+    damped_inverse,
+    inverse_cholesky_upper,
+)
 from gqsa.solver.prune_quant import LayerResult
 
 

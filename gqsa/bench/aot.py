@@ -58,7 +58,12 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
     from gqsa.bench.sparse24 import _gemv24_kernel
     from gqsa.kernels.dispatch import gemm_config
     from gqsa.kernels.gemm import _dequant_kernel, _gemm_kernel, gemm_block_kg
-    from gqsa.kernels.gemv import _gemv_rows_kernel, _gemv_tasks_kernel, decode_layout, default_config
+    from gqsa.kernels.gemv import (
+        _gemv_rows_kernel,
+        _gemv_tasks_kernel,
+        decode_layout,
+        default_config,
+    )
     from gqsa.kernels.jit import layout_meta
     from gqsa.kernels.smallm import _smallm_kernel
     out = []

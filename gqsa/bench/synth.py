@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import torch
 
-from gqsa.format import PackedGQS
+from gqsa.format import TENSOR_NAMES, PackedGQS
 
 PATTERNS = ("uniform", "layer", "heavy")
 
@@ -78,6 +78,6 @@ def random_packed(n: int, k: int, group_size: int = 16, bits: int = 4, sparsity:
 
 def to_device(p: PackedGQS, device: str | torch.device) -> PackedGQS:
     """The same layer with its tensors on ``device``."""
-    moved = {name: getattr(p, name).to(device) for name in ("codes", "col_idx", "row_ptr", "scales", "zeros")}
+    moved = {name: getattr(p, name).to(device) for name in TENSOR_NAMES}
     return PackedGQS(**moved, out_features=p.out_features, in_features=p.in_features,
                      group_size=p.group_size, bits=p.bits)

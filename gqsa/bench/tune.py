@@ -47,8 +47,16 @@ def main(argv: list[str] | None = None) -> list[dict]:
     require_triton("gqsa bench tune")
     if not torch.cuda.is_available():
         raise SystemExit("gqsa bench tune needs a CUDA GPU")
-    from gqsa.bench.sweeps import (FORMAT_SHAPES, SHAPES, SMALLM_SHAPES, sweep_format, sweep_rows, sweep_small_m,
-                                   sweep_smallm, sweep_tasks)
+    from gqsa.bench.sweeps import (
+        FORMAT_SHAPES,
+        SHAPES,
+        SMALLM_SHAPES,
+        sweep_format,
+        sweep_rows,
+        sweep_small_m,
+        sweep_smallm,
+        sweep_tasks,
+    )
     os.makedirs(args.out, exist_ok=True)
     sms = torch.cuda.get_device_properties(0).multi_processor_count
     recs = []

@@ -28,7 +28,15 @@ import triton
 import triton.language as tl
 
 from gqsa.format import PackedGQS
-from gqsa.kernels.jit import INTERPRET, dense_from_idx, dot_tile, groups_per_step, layout_meta, num_sms, popc32
+from gqsa.kernels.jit import (
+    INTERPRET,
+    dense_from_idx,
+    dot_tile,
+    groups_per_step,
+    layout_meta,
+    num_sms,
+    popc32,
+)
 from gqsa.kernels.plan import KernelPlan
 
 

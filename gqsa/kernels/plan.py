@@ -29,7 +29,7 @@ from dataclasses import dataclass
 
 import torch
 
-from gqsa.format import PackedGQS, row_of_groups
+from gqsa.format import PackedGQS, keep_mask
 
 PLAN_TENSORS = ("prog_rows", "fix_ws", "fix_cnt", "mask_words", "mask_prefix")
 MAX_BLOCK_B = 16  # widest batch tile of the decode kernel; fix_ws holds one slot per column
@@ -83,7 +83,7 @@ def kept_mask_words(packed: PackedGQS) -> tuple[torch.Tensor, torch.Tensor]:
     nw = max(1, math.ceil(ng / 32))
     dev = packed.row_ptr.device
     keep = torch.zeros(n, nw * 32, dtype=torch.int64, device=dev)
-    keep[row_of_groups(packed.row_ptr), packed.col_idx.to(torch.int64)] = 1
+    keep[:, :ng] = keep_mask(packed)
     keep = keep.view(n, nw, 32)
     words = (keep << torch.arange(32, device=dev)).sum(-1)
     words = torch.where(words >= 2**31, words - 2**32, words).to(torch.int32)

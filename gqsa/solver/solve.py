@@ -5,9 +5,19 @@ from __future__ import annotations
 import torch
 
 from gqsa.config import GQSAConfig
-from gqsa.solver.hessian import HessianAccumulator, damped_inverse, dead_inputs, inverse_cholesky_upper
+from gqsa.solver.hessian import (
+    HessianAccumulator,
+    damped_inverse,
+    dead_inputs,
+    inverse_cholesky_upper,
+)
 from gqsa.solver.prune_quant import LayerResult, prune_quantize, round_to_nearest
-from gqsa.solver.saliency import magnitude_group_scores, obs_group_scores, select_groups, wanda_group_scores
+from gqsa.solver.saliency import (
+    magnitude_group_scores,
+    obs_group_scores,
+    select_groups,
+    wanda_group_scores,
+)
 
 
 def choose_mask(W: torch.Tensor, acc: HessianAccumulator, Hinv: torch.Tensor, config: GQSAConfig) -> torch.Tensor:

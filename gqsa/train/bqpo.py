@@ -53,7 +53,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from gqsa.config import BQPOConfig
-from gqsa.format import pack_layer, row_of_groups, unpack_codes
+from gqsa.format import pack_layer, unpack_codes, unpack_layer
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
 from gqsa.pipeline import fit_batch
@@ -86,16 +86,7 @@ class FakeQuantLinear(nn.Module):
         p = layer.packed()
         n, k, g = p.out_features, p.in_features, p.group_size
         self.out_features, self.in_features, self.group_size, self.bits = n, k, g, p.bits
-        dev = p.codes.device
-        rows, cols = row_of_groups(p.row_ptr), p.col_idx.to(torch.int64)
-        keep = torch.zeros(n, k // g, dtype=torch.bool, device=dev)
-        keep[rows, cols] = True
-        scale = torch.ones(n, k // g, device=dev)
-        scale[rows, cols] = p.scales.float()
-        zero = torch.zeros(n, k // g, device=dev)
-        zero[rows, cols] = p.zeros.float()
-        q = torch.zeros(n, k // g, g, device=dev)
-        q[rows, cols] = unpack_codes(p.codes, p.bits, g).float()
+        q, keep, scale, zero = unpack_layer(p, torch.float32, fill_scale=1.0)
         self.weight = nn.Parameter(((q - zero[..., None]) * scale[..., None]).reshape(n, k))
         self.scale, self.zero = nn.Parameter(scale), nn.Parameter(zero.clone())
         self.register_buffer("scale0", scale.clone())

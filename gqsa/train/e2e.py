@@ -38,7 +38,6 @@ from gqsa.pipeline import peak_memory
 from gqsa.train.bqpo import as_stored_scale, ste
 
 
-
 class _StoredScale(nn.Module):
     """Parametrization: the float32 master scale as float16 will store it (STE)."""
 

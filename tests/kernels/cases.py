@@ -11,7 +11,7 @@ import os
 import pytest
 import torch
 
-from gqsa.format import PackedGQS, pack_layer
+from gqsa.format import TENSOR_NAMES, PackedGQS, pack_layer
 from gqsa.kernels.reference import gqs_linear_ref
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
@@ -31,7 +31,7 @@ def random_layer(n: int, ng: int, g: int, bits: int, gen: torch.Generator, keep_
     s = torch.rand(n, ng, generator=gen) * 0.05 + 0.01
     z = torch.randint(0, 2 ** bits, (n, ng), generator=gen).float()
     p = pack_layer(q, keep, s, z, g, bits)
-    return PackedGQS(*(getattr(p, t).to(DEVICE) for t in ("codes", "col_idx", "row_ptr", "scales", "zeros")),
+    return PackedGQS(*(getattr(p, t).to(DEVICE) for t in TENSOR_NAMES),
                      n, ng * g, g, bits)
 
 

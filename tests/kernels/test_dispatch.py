@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from gqsa.format import TENSOR_NAMES
 from gqsa.kernels import dispatch
 
 
@@ -51,7 +52,7 @@ def test_custom_op_on_cpu_is_the_reference():
     from tests.kernels.cases import random_layer
     gen = torch.Generator().manual_seed(1)
     p = random_layer(n=24, ng=4, g=16, bits=4, gen=gen)
-    p = type(p)(*(getattr(p, t).cpu() for t in ("codes", "col_idx", "row_ptr", "scales", "zeros")),
+    p = type(p)(*(getattr(p, t).cpu() for t in TENSOR_NAMES),
                 p.out_features, p.in_features, p.group_size, p.bits)
     x = torch.randn(2, 5, p.in_features, generator=gen).half()
     bias = torch.randn(24, generator=gen).half()

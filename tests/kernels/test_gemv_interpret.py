@@ -13,12 +13,19 @@ import torch
 
 triton = pytest.importorskip("triton")
 
-from gqsa.format import PackedGQS, pack_layer  # noqa: E402
+from gqsa.format import TENSOR_NAMES, PackedGQS, pack_layer  # noqa: E402
 from gqsa.kernels import ops  # noqa: E402
 from gqsa.kernels.gemm import GemmConfig, dequantize_dense, gqs_gemm  # noqa: E402
 from gqsa.kernels.gemv import gqs_gemv  # noqa: E402
 from gqsa.kernels.plan import build_plan  # noqa: E402
-from tests.kernels.cases import CASES, DEVICE, NEEDS_BACKEND, check, poisoned, random_layer  # noqa: E402
+from tests.kernels.cases import (  # noqa: E402
+    CASES,
+    DEVICE,
+    NEEDS_BACKEND,
+    check,
+    poisoned,
+    random_layer,
+)
 
 BATCHES = (1, 3, 16, 17, 5, 2, 8)
 
@@ -61,7 +68,7 @@ def test_single_kept_group(schedule, split_mode):
     keep = torch.zeros(19, 6, dtype=torch.bool)
     keep[11, 4] = True
     p = pack_layer(q, keep, torch.rand(19, 6, generator=gen) + 0.1, torch.full((19, 6), 3.0), 16, 4)
-    p = PackedGQS(*(getattr(p, t).to(DEVICE) for t in ("codes", "col_idx", "row_ptr", "scales", "zeros")),
+    p = PackedGQS(*(getattr(p, t).to(DEVICE) for t in TENSOR_NAMES),
                   19, 96, 16, 4)
     x = torch.randn(2, 96, generator=gen).half().to(DEVICE)
     bias = torch.randn(19, generator=gen).half().to(DEVICE)

@@ -111,8 +111,8 @@ def generate_error(device: str, dtype: torch.dtype, cache: str, new_tokens: int 
     so a near-tie in argmax cannot make the check flaky)."""
     import copy
 
-    from gqsa.config import GQSAConfig
     from gqsa.compression import compress
+    from gqsa.config import GQSAConfig
     from tests.tiny_models import calib_ids, tiny_model
     model = tiny_model("llama")
     compress(model, GQSAConfig(sparsity=0.5), calib_ids(4, 32), progress=False)

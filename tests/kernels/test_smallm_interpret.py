@@ -12,10 +12,17 @@ import torch
 
 pytest.importorskip("triton")
 
-from gqsa.format import PackedGQS, pack_layer  # noqa: E402
+from gqsa.format import TENSOR_NAMES, PackedGQS, pack_layer  # noqa: E402
 from gqsa.kernels.plan import build_plan  # noqa: E402
 from gqsa.kernels.smallm import SmallMConfig, gqs_smallm, split_for  # noqa: E402
-from tests.kernels.cases import CASES, DEVICE, NEEDS_BACKEND, check, poisoned, random_layer  # noqa: E402
+from tests.kernels.cases import (  # noqa: E402
+    CASES,
+    DEVICE,
+    NEEDS_BACKEND,
+    check,
+    poisoned,
+    random_layer,
+)
 
 BATCHES = (2, 3, 5, 16, 17, 32)
 CONFIGS = (SmallMConfig(), SmallMConfig(block_n=16, block_k=128, programs_per_sm=1, max_k=0),
@@ -72,7 +79,7 @@ def test_smallm_single_kept_group():
     keep[11, 4] = True
     q = torch.randint(0, 16, (19, 96), generator=gen)
     p = pack_layer(q, keep, torch.rand(19, 6, generator=gen) + 0.1, torch.full((19, 6), 3.0), 16, 4)
-    p = PackedGQS(*(getattr(p, t).to(DEVICE) for t in ("codes", "col_idx", "row_ptr", "scales", "zeros")),
+    p = PackedGQS(*(getattr(p, t).to(DEVICE) for t in TENSOR_NAMES),
                   19, 96, 16, 4)
     x = torch.randn(4, 96, generator=gen).half().to(DEVICE)
     bias = torch.randn(19, generator=gen).half().to(DEVICE)

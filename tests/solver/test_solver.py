@@ -2,7 +2,11 @@ import pytest
 import torch
 
 from gqsa.config import GQSAConfig
-from gqsa.solver.hessian import HessianAccumulator, damped_inverse, inverse_cholesky_upper
+from gqsa.solver.hessian import (
+    HessianAccumulator,
+    damped_inverse,
+    inverse_cholesky_upper,
+)
 from gqsa.solver.prune_quant import output_error, prune_quantize, round_to_nearest
 from gqsa.solver.saliency import magnitude_group_scores, obs_group_scores, select_groups
 from gqsa.solver.solve import solve_layer
