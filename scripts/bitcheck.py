@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 from conftest import build_byte_tokenizer  # noqa: E402
 from tiny_models import tiny_model  # noqa: E402
 
-from gqsa.cli import main  # noqa: E402
+from gqsa.app.cli import main  # noqa: E402
 
 RUNS = {"oneshot": [], "stages": ["--bqpo-epochs", "1", "--bqpo-lr", "1e-3", "--e2e-epochs", "1", "--e2e-nsamples",
                                    "4", "--e2e-seqlen", "32", "--e2e-batch-size", "2", "--e2e-grad-accum", "1"]}

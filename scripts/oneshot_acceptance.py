@@ -19,9 +19,9 @@ from gqsa.assets import smollm2_path
 from gqsa.config import GQSAConfig
 from gqsa.data import calibration_windows, eval_tokens, load_texts
 from gqsa.eval.perplexity import perplexity
-from gqsa.info import model_stats
 from gqsa.loading import load_model, load_tokenizer
 from gqsa.pipeline import run_blocks
+from gqsa.size import model_stats
 from gqsa.solver.solve import solve_layer, solve_layer_naive
 
 

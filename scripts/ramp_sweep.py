@@ -24,8 +24,8 @@ from oneshot_acceptance import (
 from gqsa.compression import compress
 from gqsa.config import GQSAConfig
 from gqsa.eval.perplexity import perplexity
-from gqsa.info import model_stats
 from gqsa.loading import load_model
+from gqsa.size import model_stats
 
 
 def main() -> None:

@@ -4,7 +4,7 @@ Model: SmolLM2-135M-Instruct (``gqsa.assets.smollm2_path()``), already Q4_1 upst
 dequantized weights are the "FP16" reference. Every run starts from that reference, is
 compressed with :func:`gqsa.baselines.compress_method` on the same calibration windows, and is
 scored on the same held-out perplexity windows and multiple-choice items. Each run writes
-``OUT/<run>/run.json`` (schema of :mod:`gqsa.report`); a run whose log exists is skipped, so
+``OUT/<run>/run.json`` (schema of :mod:`gqsa.app.run_report`); a run whose log exists is skipped, so
 an interrupted sweep resumes, and several sweep processes can share the list (each run is
 claimed by one; see :func:`claim`). At the end the report (table + PNGs) is written to OUT and the
 narrative page to ``--page``.
@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from transformers import AutoModelForCausalLM, AutoTokenizer
 
+from gqsa.app.run_report import SCHEMA, load_run, make_report, render_table
 from gqsa.assets import smollm2_path
 from gqsa.baselines import compress_method
 from gqsa.data import calibration_windows, eval_tokens, load_texts
@@ -40,7 +41,6 @@ from gqsa.eval.zeroshot import evaluate_mc, load_mc_tasks
 from gqsa.format import dequantize
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
-from gqsa.report import SCHEMA, load_run, make_report, render_table
 
 # (run, label, method, compress_method keyword arguments), in the order they are run:
 # the runs the comparison hinges on first, so that a cut-short sweep still answers it.

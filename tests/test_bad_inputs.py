@@ -9,7 +9,7 @@ import torch
 from safetensors.torch import load_file, save_file
 from tiny_models import tiny_model
 
-from gqsa.cli import main
+from gqsa.app.cli import main
 
 
 @pytest.fixture

@@ -35,7 +35,7 @@ ENTRY_POINTS = ("kernels", "decode", "tune", "report")
 
 def _run(entry: str, args: list[str], via_cli: bool = False) -> subprocess.CompletedProcess:
     if via_cli:
-        tail = f"from gqsa.cli import main; sys.exit(main(['bench', {entry!r}, *{args!r}]))"
+        tail = f"from gqsa.app.cli import main; sys.exit(main(['bench', {entry!r}, *{args!r}]))"
     else:
         tail = (f"sys.argv = ['gqsa.bench.{entry}', *{args!r}]; "
                 f"runpy.run_module('gqsa.bench.{entry}', run_name='__main__')")

@@ -6,7 +6,7 @@ import pytest
 import torch
 from tiny_models import tiny_model
 
-from gqsa.cli import main
+from gqsa.app.cli import main
 
 
 @pytest.fixture
@@ -38,7 +38,7 @@ def test_compress_with_both_stages_then_info_eval_generate(model_dir, tmp_path, 
     results = tmp_path / "ppl.json"
     assert main(["eval", str(out), "--ppl", str(text), "--seqlen", "32", "--max-windows", "3",
                  "--json", str(results), "--device", "cpu"]) == 0
-    ppl = json.loads(results.read_text())["ppl"][str(text)]
+    ppl = json.loads(results.read_text())["ppl_windows"][str(text)]
     assert ppl["windows"] == 3 and ppl["ppl"] > 1
     assert main(["generate", str(out), "--prompt", "word1 and", "--max-new-tokens", "3", "--device", "cpu"]) == 0
 
@@ -78,6 +78,7 @@ def test_baseline_method_saves_a_dense_folder_that_loads(model_dir, tmp_path):
                  "--calib", str(text), "--nsamples", "4", "--seqlen", "32", "--device", "cpu"]) == 0
     cfg = json.loads((out / "config.json").read_text())
     assert "gqsa_baseline" in cfg and "quantization_config" not in cfg
+    assert json.loads((out / "gqsa_log.json").read_text())["method"] == "sparsegpt"
     from transformers import AutoModelForCausalLM
     w = AutoModelForCausalLM.from_pretrained(out).model.layers[0].mlp.up_proj.weight
     assert ((w.reshape(-1, 4) != 0).sum(1) <= 2).all(), "2:4 pattern lost on save/load"
@@ -90,7 +91,7 @@ def test_eval_multiple_choice_file_and_report(model_dir, tmp_path, capsys):
                                for i in range(4)))
     results = tmp_path / "r.json"
     assert main(["eval", str(path), "--ppl", "--tasks", str(tasks), "--json", str(results), "--device", "cpu"]) == 0
-    r = json.loads(results.read_text())["tasks"][str(tasks)]
+    r = json.loads(results.read_text())["accuracy"][str(tasks)]
     assert r["n"] == 4 and 0 <= r["acc"] <= 1
     run = tmp_path / "run"
     run.mkdir()
@@ -99,3 +100,23 @@ def test_eval_multiple_choice_file_and_report(model_dir, tmp_path, capsys):
                                               "accuracy": {}}))
     assert main(["report", str(run), "--out", str(tmp_path / "rep")]) == 0
     assert (tmp_path / "rep" / "report.md").exists()
+
+
+def test_report_reads_what_compress_and_eval_write(model_dir, tmp_path):
+    """One run-log schema: `gqsa report` takes the folder `gqsa compress` made and the file `gqsa eval --json`
+    wrote, for a compressed and a dense model alike."""
+    path, text = model_dir
+    out = tmp_path / "out"
+    assert main(["compress", str(path), str(out), "--calib", str(text), "--nsamples", "2", "--seqlen", "16",
+                 "--device", "cpu"]) == 0
+    logs = []
+    for name, folder in (("dense", path), ("packed", out)):
+        logs.append(tmp_path / f"{name}.json")
+        assert main(["eval", str(folder), "--ppl", str(text), "--seqlen", "32", "--max-windows", "2",
+                     "--json", str(logs[-1]), "--device", "cpu"]) == 0
+    packed = json.loads(logs[1].read_text())
+    assert packed["method"] == "gqsa" and 3 < packed["bits_per_weight"] < 4 and packed["ppl"][str(text)] > 1
+    assert json.loads(logs[0].read_text())["bits_per_weight"] == 16.0
+    assert main(["report", str(out), *map(str, logs), "--out", str(tmp_path / "rep")]) == 0
+    table = (tmp_path / "rep" / "report.md").read_text()
+    assert "dense" in table and "packed" in table and "out" in table

@@ -189,8 +189,8 @@ def test_smollm2_real_perplexity_is_plausible():
 def test_folder_sparsity_weights_layers_by_size():
     """model_stats' sparsity counts weights, not layers: a small dense layer beside a large sparse one."""
     from gqsa.format import pack_layer
-    from gqsa.info import model_stats
     from gqsa.layer import GQSLinear
+    from gqsa.size import model_stats
 
     def layer(n, keep_fraction):
         keep = torch.zeros(n, 1, dtype=torch.bool)

@@ -1,4 +1,4 @@
-"""gqsa.report: run logs -> Markdown table and PNG plots."""
+"""gqsa.app.run_report: run logs -> Markdown table and PNG plots."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import struct
 
 import pytest
 
-from gqsa.report import load_run, make_report, render_table
+from gqsa.app.run_report import load_run, make_report, render_table
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 

@@ -53,9 +53,9 @@ def baseline_bits_per_weight(cfg: BaselineConfig, shapes: list[tuple[int, int]])
 
 
 def gqsa_bits_per_weight(model: nn.Module) -> float:
-    """Bits per weight over the model's GQSLinear layers: :func:`gqsa.info.model_stats`'s count
+    """Bits per weight over the model's GQSLinear layers: :func:`gqsa.size.model_stats`'s count
     (packed tensors and bias), so baselines and gqsa runs are compared on one definition."""
-    from gqsa.info import model_stats
+    from gqsa.size import model_stats
     stats = model_stats(model)
     if not stats["compressed_layers"]:
         raise ValueError("model holds no GQSLinear layer")

@@ -137,11 +137,12 @@ def rtn_in_place(model: nn.Module, config: BaselineConfig) -> list[dict[str, Any
 
 
 def save_method(model: nn.Module, report: MethodReport, out: str | os.PathLike,
-                source: str | os.PathLike | None = None, overwrite: bool = False) -> Path:
+                source: str | os.PathLike | None = None, overwrite: bool = False,
+                log: dict[str, Any] | None = None) -> Path:
     """Save a model compressed by :func:`compress_method`: a gqsa folder for gqsa, a dense
     transformers folder with a ``gqsa_baseline`` entry in config.json otherwise."""
     if isinstance(report.config, GQSAConfig):
-        return save_compressed(model, out, source=source, overwrite=overwrite)
+        return save_compressed(model, out, source=source, overwrite=overwrite, log=log)
     description = {**report.settings(), "bits_per_weight": report.bits_per_weight,
                    "bits_convention": BITS_CONVENTION}
-    return save_baseline(model, out, description, source=source, overwrite=overwrite)
+    return save_baseline(model, out, description, source=source, overwrite=overwrite, log=log)

@@ -26,11 +26,13 @@ CONFIG_KEY = "gqsa_baseline"
 
 def save_baseline(model: nn.Module, out: str | os.PathLike, description: dict[str, Any],
                   source: str | os.PathLike | None = None, overwrite: bool = False,
-                  max_shard_size: str = "2GB") -> Path:
+                  max_shard_size: str = "2GB", log: dict[str, Any] | None = None) -> Path:
     """Save a dense (fake-quantized / pruned) model atomically to ``out`` with ``description``
-    as the ``gqsa_baseline`` entry of its config.json; tokenizer files are copied from ``source``."""
+    as the ``gqsa_baseline`` entry of its config.json; tokenizer files are copied from ``source``;
+    ``log`` is written as ``gqsa_log.json`` in the same atomic step."""
     setattr(model.config, CONFIG_KEY, description)
-    return save_pretrained_atomic(model, out, source, overwrite, max_shard_size)
+    files = {} if log is None else {"gqsa_log.json": json.dumps(log, indent=2, default=str)}
+    return save_pretrained_atomic(model, out, source, overwrite, max_shard_size, files)
 
 
 def read_baseline(path: str | os.PathLike) -> dict[str, Any] | None:

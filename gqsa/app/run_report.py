@@ -3,7 +3,10 @@
 The run log
 -----------
 Each run writes one ``run.json`` into its own folder (``RUN_DIR/run.json``; a path to a
-``.json`` file is read as is). Schema ``gqsa-run/1``:
+``.json`` file is read as is). ``gqsa compress`` writes the same schema as ``gqsa_log.json``
+into the folder it makes (read when a folder has no ``run.json``; its ``ppl`` is empty until
+an evaluation fills it), and ``gqsa eval --json FILE`` writes it with the perplexities and
+accuracies. Schema ``gqsa-run/1``:
 
 ==================  ========  ===================================================================
 key                 required  meaning
@@ -38,21 +41,24 @@ from typing import Any
 SCHEMA = "gqsa-run/1"
 REQUIRED = ("method", "bits_per_weight", "ppl")
 RUN_FILE = "run.json"
+COMPRESS_LOG = "gqsa_log.json"
 
 
 def load_run(path: Path) -> dict[str, Any]:
     """The run log at ``path`` (a run folder or a .json file), checked for the required keys."""
     path = Path(path)
     file = path if path.suffix == ".json" else path / RUN_FILE
+    if not file.is_file() and (path / COMPRESS_LOG).is_file():
+        file = path / COMPRESS_LOG
     if not file.is_file():
-        raise FileNotFoundError(f"{file} not found: a run folder must hold {RUN_FILE}")
+        raise FileNotFoundError(f"{file} not found: a run folder must hold {RUN_FILE} or {COMPRESS_LOG}")
     run = json.loads(file.read_text())
     missing = [k for k in REQUIRED if k not in run]
     if missing:
-        raise ValueError(f"{file}: run log lacks {missing} (schema {SCHEMA}, see gqsa.report)")
+        raise ValueError(f"{file}: run log lacks {missing} (schema {SCHEMA}, see gqsa.app.run_report)")
     if run.get("schema", SCHEMA) != SCHEMA:
         raise ValueError(f"{file}: schema {run['schema']!r} is not {SCHEMA!r}")
-    run.setdefault("run", file.parent.name if file.name == RUN_FILE else file.stem)
+    run.setdefault("run", file.parent.name if file.name in (RUN_FILE, COMPRESS_LOG) else file.stem)
     run.setdefault("label", run["run"])
     return run
 

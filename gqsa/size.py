@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -37,9 +36,3 @@ def model_stats(model: nn.Module) -> dict[str, Any]:
             "packed_bytes": packed_bytes, "bits_per_weight": 8 * packed_bytes / max(1, dense_weights),
             "sparsity": 1 - kept_weights / max(1, dense_weights),
             "dense_params_left": total_params, "layers": layers}
-
-
-def read_log(path: str | Path) -> dict[str, Any]:
-    """The gqsa_log.json written by ``gqsa compress`` (empty dict when absent)."""
-    f = Path(path) / "gqsa_log.json"
-    return json.loads(f.read_text()) if f.exists() else {}

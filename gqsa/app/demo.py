@@ -12,12 +12,12 @@ from pathlib import Path
 
 import torch
 
+from gqsa.app.jobs import evaluate_perplexities
+from gqsa.app.workflow import compress_folder
 from gqsa.assets import cache_root
 from gqsa.config import GQSAConfig
-from gqsa.evaluate import evaluate_perplexities
-from gqsa.info import folder_bytes
 from gqsa.loading import resolve_model
-from gqsa.workflow import compress_folder
+from gqsa.size import folder_bytes
 
 DEMO_CONFIG = GQSAConfig(group_size=16, sparsity=0.5, bits=4)
 DEMO_CALIB = {"calib": "coqa", "nsamples": 32, "seqlen": 512}
@@ -32,8 +32,8 @@ def run_demo(out: str | None = None, windows: int = 16) -> dict:
     log = compress_folder(str(source), out, DEMO_CONFIG, device=cpu, dtype=torch.float32, overwrite=True,
                           resume=True, **DEMO_CALIB)
     compress_s = time.perf_counter() - t
-    ref = evaluate_perplexities(str(source), ["boolq"], 1024, cpu, torch.float32, windows)["ppl"]["boolq"]
-    new = evaluate_perplexities(str(out), ["boolq"], 1024, cpu, torch.float32, windows)["ppl"]["boolq"]
+    ref = evaluate_perplexities(str(source), ["boolq"], 1024, cpu, torch.float32, windows)["ppl_windows"]["boolq"]
+    new = evaluate_perplexities(str(out), ["boolq"], 1024, cpu, torch.float32, windows)["ppl_windows"]["boolq"]
     rows = [("", "reference", "gqsa W4 S50 G16"),
             (f"perplexity (boolq, {ref['windows']}x1024 tok)", f"{ref['ppl']:.2f}", f"{new['ppl']:.2f}"),
             ("weights on disk (MiB)", f"{folder_bytes(source) / 2**20:.1f}", f"{folder_bytes(out) / 2**20:.1f}"),

@@ -6,18 +6,20 @@ import json
 import shutil
 import sys
 import time
+from datetime import date
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
+from gqsa.app.run_report import SCHEMA
 from gqsa.compression import compress
 from gqsa.config import GQSAConfig
 from gqsa.data import DEFAULT_CALIBRATION_TEXT, calibration_windows, load_texts
 from gqsa.hf import save_compressed
-from gqsa.info import folder_bytes, model_stats
 from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_model
+from gqsa.size import folder_bytes, model_stats
 
 
 @dataclass(frozen=True)
@@ -66,7 +68,9 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
         report.stages["e2e_oqp"] = {"data": e2e_text.text, **report.stages["e2e_oqp"]}
         times["e2e_oqp"] = report.stages["e2e_oqp"].get("seconds", 0.0)
     stats = model_stats(model)
-    log = {"model": model_name, "source": str(source), "config": config.to_dict(),
+    settings = {k: v for k, v in config.to_dict().items() if k != "quant_method"}
+    log = {"schema": SCHEMA, "method": "gqsa", "settings": settings, "ppl": {}, "date": date.today().isoformat(),
+           "model": model_name, "source": str(source), "config": config.to_dict(),
            "calibration": {"source": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed},
            "device": str(device), "dtype": str(dtype).replace("torch.", ""), "stages": report.stages,
            "bits_per_weight": stats["bits_per_weight"], "packed_bytes": stats["packed_bytes"],
@@ -134,5 +138,9 @@ def compress_baseline_folder(model_name: str, out: str | Path, method: str, patt
     report = compress_method(model, method, pattern, bits, group_size, sparsity, ids, device=device,
                              batch_size=batch_size, **options)
     model.to(_source_dtype(source, dtype))
-    save_method(model, report, out, source=source, overwrite=overwrite)
-    return {"settings": report.settings(), "bits_per_weight": report.bits_per_weight, "seconds": report.seconds}
+    log = {"schema": SCHEMA, "method": method, "settings": report.settings(), "bits_per_weight": report.bits_per_weight,
+           "ppl": {}, "date": date.today().isoformat(), "model": model_name, "source": str(source),
+           "calibration": None if ids is None else {"source": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed},
+           "device": str(device), "seconds": report.seconds, "layers": report.layers}
+    save_method(model, report, out, source=source, overwrite=overwrite, log=log)
+    return log

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import sys
 import time
+from datetime import date
 from pathlib import Path
 from typing import Any
 
@@ -12,28 +14,53 @@ import torch
 from gqsa.data import eval_tokens, load_texts
 from gqsa.eval.perplexity import perplexity
 from gqsa.eval.zeroshot import evaluate_mc, load_mc_tasks
-from gqsa.info import folder_bytes, model_stats, read_log
 from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_model
+from gqsa.app.run_report import SCHEMA
+from gqsa.baselines.save import read_baseline
+from gqsa.size import folder_bytes, model_stats
 
 
 def evaluate_perplexities(model_name: str, texts: list[str], seqlen: int, device: torch.device,
                           dtype: torch.dtype, max_windows: int | None = None, tasks: list[str] = (),
                           limit: int | None = None, verify: bool = True) -> dict[str, Any]:
     """Perplexity of one model on each held-out text (GPTQ protocol: joined with "\\n\\n",
-    whole non-overlapping windows), and acc/acc_norm on local multiple-choice tasks."""
+    whole non-overlapping windows), and acc/acc_norm on local multiple-choice tasks.
+
+    Returns a run log of :mod:`gqsa.app.run_report`'s schema (``gqsa report`` reads it): what
+    the model is (:func:`describe_model`), ``ppl`` {text: perplexity}, ``ppl_windows`` {text:
+    the full :func:`gqsa.eval.perplexity.perplexity` record}, ``accuracy`` {task: record}.
+    """
     path = resolve_model(model_name)
     model = load_model(path, device, dtype, verify=verify)
     tokenizer = load_tokenizer(path)
-    out: dict[str, Any] = {"model": model_name, "compressed": is_compressed(path), "ppl": {}, "tasks": {}}
+    out: dict[str, Any] = {"schema": SCHEMA, **describe_model(path, model), "model": model_name,
+                           "compressed": is_compressed(path), "device": str(device), "date": date.today().isoformat(),
+                           "ppl": {}, "ppl_windows": {}, "accuracy": {}}
     for name in texts:
         tokens = eval_tokens(tokenizer, load_texts(name, "eval"))
         windows = tokens.numel() // seqlen if max_windows is None else min(max_windows, tokens.numel() // seqlen)
         print(f"gqsa eval: perplexity on {name}: {windows} windows of {seqlen} tokens on {device}"
               + ("" if max_windows else " (--max-windows N evaluates fewer)"), file=sys.stderr, flush=True)
-        out["ppl"][name] = perplexity(model, tokens, seqlen=seqlen, device=device, max_windows=max_windows)
+        out["ppl_windows"][name] = perplexity(model, tokens, seqlen=seqlen, device=device, max_windows=max_windows)
+        out["ppl"][name] = out["ppl_windows"][name]["ppl"]
     for name in tasks:
-        out["tasks"][name] = evaluate_mc(model, tokenizer, load_mc_tasks(name), limit=limit, device=device)
+        out["accuracy"][name] = evaluate_mc(model, tokenizer, load_mc_tasks(name), limit=limit, device=device)
     return out
+
+
+def describe_model(path: str, model: torch.nn.Module) -> dict[str, Any]:
+    """``method``, ``settings`` and ``bits_per_weight`` of a loaded model folder for the run log:
+    gqsa folders from their quantization_config and packed layers, baseline folders from their
+    ``gqsa_baseline`` entry, anything else as ``fp16`` (the dense reference) at 16 bits."""
+    qc = getattr(model.config, "quantization_config", None)
+    if isinstance(qc, dict) and qc.get("quant_method") == "gqsa":
+        settings = {k: v for k, v in qc.items() if k not in ("quant_method", "layers")}
+        return {"method": "gqsa", "settings": settings, "bits_per_weight": model_stats(model)["bits_per_weight"]}
+    baseline = read_baseline(path) if Path(path).is_dir() else None
+    if baseline:
+        return {"method": baseline.get("method", "baseline"), "settings": baseline,
+                "bits_per_weight": baseline["bits_per_weight"]}
+    return {"method": "fp16", "settings": {}, "bits_per_weight": 16.0}
 
 
 def generate_text(model_name: str, prompt: str, max_new_tokens: int, device: torch.device, dtype: torch.dtype,
@@ -73,3 +100,9 @@ def folder_info(path: str | Path, verify: bool = True) -> dict[str, Any]:
                                                                   "none recorded"),
             "load_seconds": round(time.perf_counter() - t, 2), "layers": stats["layers"]}
     return info
+
+
+def read_log(path: str | Path) -> dict[str, Any]:
+    """The gqsa_log.json written by ``gqsa compress`` (empty dict when absent)."""
+    f = Path(path) / "gqsa_log.json"
+    return json.loads(f.read_text()) if f.exists() else {}

@@ -123,7 +123,8 @@ def _add_eval(sub) -> None:
     p.add_argument("--max-windows", type=positive_int, default=None,
                    help="evaluate only the first N windows (default: the whole text; boolq at 1024 tokens is "
                         "about 400 windows, 15 minutes on a 2-core CPU)")
-    p.add_argument("--json", default=None, help="write the results here (default: print only)")
+    p.add_argument("--json", default=None, help="write the results here as a run log that `gqsa report` reads "
+                                                "(default: print only)")
     _add_runtime(p)
 
 
@@ -152,8 +153,8 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("report", help="gather run logs into a Markdown table and plots")
     p.add_argument("runs", nargs="+", help="run folders holding run.json")
     p.add_argument("--out", required=True)
-    p = sub.add_parser("bench", help="GPU benchmarks: 'kernels', 'decode' or 'report' (options after it: --help)")
-    p.add_argument("what", choices=["kernels", "decode", "report"])
+    p = sub.add_parser("bench", help="GPU benchmarks: 'kernels', 'decode', 'tune' or 'report' (options after it: --help)")
+    p.add_argument("what", choices=["kernels", "decode", "tune", "report"])
     p.add_argument("rest", nargs=argparse.REMAINDER, help="options passed to the benchmark")
     return parser
 
@@ -165,14 +166,14 @@ def cmd_bench(a: argparse.Namespace) -> int:
 
 
 def cmd_report(a: argparse.Namespace) -> int:
-    from gqsa.report import make_report
+    from gqsa.app.run_report import make_report
     print(make_report([Path(r) for r in a.runs], Path(a.out)))
     return 0
 
 
 def cmd_compress(a: argparse.Namespace) -> int:
+    from gqsa.app.workflow import TrainText, compress_folder
     from gqsa.loading import pick_device, pick_dtype
-    from gqsa.workflow import TrainText, compress_folder
     device = pick_device(a.device)
     if a.method != "gqsa":
         return _compress_baseline(a, device, pick_dtype(a.dtype, device))
@@ -190,7 +191,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
 
 
 def _compress_baseline(a: argparse.Namespace, device, dtype) -> int:
-    from gqsa.workflow import compress_baseline_folder
+    from gqsa.app.workflow import compress_baseline_folder
     log = compress_baseline_folder(a.model, a.out, a.method, a.pattern, a.bits, a.group_size, a.sparsity, a.calib,
                                    a.nsamples, a.seqlen, device, dtype, a.seed, a.batch_size, a.overwrite,
                                    sym=a.sym, **({} if a.skip is None else {"skip": tuple(a.skip)}))
@@ -220,14 +221,14 @@ def _table(rows: list[tuple[str, str]]) -> None:
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from gqsa.evaluate import evaluate_perplexities
+    from gqsa.app.jobs import evaluate_perplexities
     from gqsa.loading import pick_device, pick_dtype
     device = pick_device(a.device)
     results = evaluate_perplexities(a.model, a.ppl, a.seqlen, device, pick_dtype(a.dtype, device), a.max_windows,
                                     a.tasks, a.limit, verify=not a.no_verify)
-    for name, r in results["ppl"].items():
+    for name, r in results["ppl_windows"].items():
         print(f"{name}: perplexity {r['ppl']:.3f} over {r['windows']} windows of {r['seqlen']} tokens")
-    for name, r in results["tasks"].items():
+    for name, r in results["accuracy"].items():
         print(f"{name}: acc {r['acc']:.4f}  acc_norm {r['acc_norm']:.4f}  (n={r['n']})")
     if a.json:
         Path(a.json).write_text(json.dumps(results, indent=2))
@@ -235,7 +236,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
 
 def cmd_generate(a: argparse.Namespace) -> int:
-    from gqsa.evaluate import generate_text
+    from gqsa.app.jobs import generate_text
     from gqsa.loading import pick_device, pick_dtype
     if not a.prompt.strip() and not a.chat:
         raise ValueError("--prompt is empty: give some text to continue (or --chat to answer an empty message)")
@@ -246,7 +247,7 @@ def cmd_generate(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from gqsa.evaluate import folder_info
+    from gqsa.app.jobs import folder_info
     info = folder_info(a.path, verify=not a.no_verify)
     _table([(k, str(v)) for k, v in info.items() if k != "layers"])
     if a.layers:
@@ -257,7 +258,7 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def cmd_demo(a: argparse.Namespace) -> int:
-    from gqsa.demo import run_demo
+    from gqsa.app.demo import run_demo
     run_demo(a.out, a.windows)
     return 0
 
