@@ -17,7 +17,12 @@ import torch
 
 from gqsa.assets import smollm2_path
 from gqsa.config import GQSAConfig
-from gqsa.data import calibration_windows, eval_tokens, load_texts
+from gqsa.data import (
+    DEFAULT_CALIBRATION_TEXT,
+    calibration_windows,
+    eval_tokens,
+    load_texts,
+)
 from gqsa.eval.perplexity import perplexity
 from gqsa.loading import load_model, load_tokenizer
 from gqsa.pipeline import run_blocks
@@ -31,7 +36,7 @@ def smollm2_data(nsamples: int, seqlen: int):
     torch.set_num_threads(2)
     src = smollm2_path()
     tok = load_tokenizer(str(src))
-    calib = calibration_windows(tok, load_texts("coqa", "calibration"), nsamples, seqlen, seed=0)
+    calib = calibration_windows(tok, load_texts(DEFAULT_CALIBRATION_TEXT, "calibration"), nsamples, seqlen, seed=0)
     return src, calib, eval_tokens(tok, load_texts("boolq"))
 
 

@@ -31,7 +31,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gqsa.assets import smollm2_path
 from gqsa.compression import compress
 from gqsa.config import BQPOConfig, E2EConfig, GQSAConfig
-from gqsa.data import calibration_windows, eval_tokens, load_texts
+from gqsa.data import (
+    DEFAULT_CALIBRATION_TEXT,
+    calibration_windows,
+    eval_tokens,
+    load_texts,
+)
 from gqsa.eval.perplexity import perplexity
 from gqsa.train.e2e import train_scales
 
@@ -130,7 +135,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--sparsity-ramp", type=float, default=0.0, help="GQSAConfig.sparsity_ramp (0: uniform)")
     p.add_argument("--mask", default="static", choices=["static", "adaptive"], help="GQSAConfig.mask")
     p.add_argument("--group-size", type=int, default=16)
-    p.add_argument("--calib", default="coqa")
+    p.add_argument("--calib", default=DEFAULT_CALIBRATION_TEXT)
     p.add_argument("--eval-text", default="boolq")
     p.add_argument("--nsamples", type=int, default=32)
     p.add_argument("--seqlen", type=int, default=256)

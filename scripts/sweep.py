@@ -35,7 +35,12 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gqsa.app.run_report import SCHEMA, load_run, make_report, render_table
 from gqsa.assets import smollm2_path
 from gqsa.baselines import compress_method
-from gqsa.data import calibration_windows, eval_tokens, load_texts
+from gqsa.data import (
+    DEFAULT_CALIBRATION_TEXT,
+    calibration_windows,
+    eval_tokens,
+    load_texts,
+)
 from gqsa.eval.perplexity import perplexity
 from gqsa.eval.zeroshot import evaluate_mc, load_mc_tasks
 from gqsa.format import dequantize
@@ -73,7 +78,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--out", type=Path, default=Path("docs/results"), help="run logs and report folder")
     p.add_argument("--page", type=Path, default=Path("docs/results.md"), help="the narrative results page")
     p.add_argument("--runs", nargs="*", default=None, help="run names to do (default: all)")
-    p.add_argument("--calib-text", default="coqa")
+    p.add_argument("--calib-text", default=DEFAULT_CALIBRATION_TEXT)
     p.add_argument("--nsamples", type=int, default=16)
     p.add_argument("--calib-seqlen", type=int, default=512)
     p.add_argument("--texts", nargs="*", default=["boolq", "drop"], help="held-out perplexity texts")

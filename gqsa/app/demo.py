@@ -16,11 +16,12 @@ from gqsa.app.jobs import evaluate_perplexities
 from gqsa.app.workflow import compress_folder
 from gqsa.assets import cache_root
 from gqsa.config import GQSAConfig
+from gqsa.data import DEFAULT_CALIBRATION_TEXT
 from gqsa.loading import resolve_model
 from gqsa.size import folder_bytes
 
-DEMO_CONFIG = GQSAConfig(group_size=16, sparsity=0.5, bits=4)
-DEMO_CALIB = {"calib": "coqa", "nsamples": 32, "seqlen": 512}
+DEMO_CONFIG = GQSAConfig()  # the defaults: W4 S50 G16
+DEMO_CALIB = {"calib": DEFAULT_CALIBRATION_TEXT, "nsamples": 32, "seqlen": 512}
 
 
 def run_demo(out: str | None = None, windows: int = 16) -> dict:

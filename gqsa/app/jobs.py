@@ -11,12 +11,12 @@ from typing import Any
 
 import torch
 
+from gqsa.app.run_report import SCHEMA
+from gqsa.baselines.save import read_baseline
 from gqsa.data import eval_tokens, load_texts
 from gqsa.eval.perplexity import perplexity
 from gqsa.eval.zeroshot import evaluate_mc, load_mc_tasks
 from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_model
-from gqsa.app.run_report import SCHEMA
-from gqsa.baselines.save import read_baseline
 from gqsa.size import folder_bytes, model_stats
 
 

@@ -6,8 +6,8 @@ import json
 import shutil
 import sys
 import time
-from datetime import date
 from dataclasses import dataclass
+from datetime import date
 from pathlib import Path
 from typing import Any
 
