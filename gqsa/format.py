@@ -67,7 +67,12 @@ class PackedGQS:
 
     def nbytes(self) -> int:
         """Bytes of all packed tensors (codes, indices, row pointers, scales, zeros)."""
-        return sum(getattr(self, n).numel() * getattr(self, n).element_size() for n in TENSOR_NAMES)
+        return tensor_bytes(self, TENSOR_NAMES)
+
+
+def tensor_bytes(obj: object, names: tuple[str, ...]) -> int:
+    """Bytes of the tensors ``obj.<name>`` for each of ``names``."""
+    return sum(getattr(obj, n).numel() * getattr(obj, n).element_size() for n in names)
 
 
 def check_shape(out_features: int, in_features: int, group_size: int, name: str = "layer") -> None:

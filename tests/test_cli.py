@@ -2,21 +2,9 @@
 
 import json
 
-import pytest
 import torch
-from tiny_models import tiny_model
 
 from gqsa.app.cli import main
-
-
-@pytest.fixture
-def model_dir(tmp_path, tiny_tokenizer):
-    path = tmp_path / "tiny"
-    tiny_model("llama").save_pretrained(path)
-    tiny_tokenizer.save_pretrained(path)
-    text = tmp_path / "text.txt"
-    text.write_text(" ".join(f"word{i % 97} and more text {i}." for i in range(800)))
-    return path, text
 
 
 def test_compress_with_both_stages_then_info_eval_generate(model_dir, tmp_path, capsys):

@@ -1,0 +1,67 @@
+"""Format version 2 at the same masks and codes: re-encode every layer of a version-1 gqsa folder
+(gqsa.format_v2.from_v1, then to_v1) and compare stored bits per weight and perplexity.
+
+    python scripts/format_v2_check.py FOLDER [--windows 16] [--out result.json]
+
+Codes, masks and zero points are carried exactly; only the scales move onto version 2's 8-bit
+logarithmic grid, so this measures the format alone (the solver has not seen the grid).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+
+import torch
+
+from gqsa.data import eval_tokens, load_texts
+from gqsa.eval.perplexity import perplexity
+from gqsa.format_v2 import SPAN_OCTAVES, from_v1, to_v1
+from gqsa.hf import load
+from gqsa.layer import GQSLinear
+from gqsa.loading import load_tokenizer
+
+
+def reencode(model: torch.nn.Module) -> dict:
+    """Put every GQSLinear of ``model`` through version 2 in place; returns the size accounting."""
+    v1_bytes = v2_bytes = weights = clamped = 0
+    for m in model.modules():
+        if isinstance(m, GQSLinear):
+            p = m.packed()
+            v2, c = from_v1(p)
+            m.scales = to_v1(v2).scales
+            v1_bytes, v2_bytes, clamped = v1_bytes + p.nbytes(), v2_bytes + v2.nbytes(), clamped + c
+            weights += m.in_features * m.out_features
+    return {"v1_bits_per_weight": 8 * v1_bytes / weights, "v2_bits_per_weight": 8 * v2_bytes / weights,
+            "clamped_scales": clamped}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("folder")
+    ap.add_argument("--texts", nargs="*", default=["boolq", "squad"])
+    ap.add_argument("--windows", type=int, default=16)
+    ap.add_argument("--seqlen", type=int, default=1024)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    torch.set_num_threads(2)
+    tok = load_tokenizer(a.folder)
+    streams = {t: eval_tokens(tok, load_texts(t, "eval")) for t in a.texts}
+    result = {"folder": a.folder, "span_octaves": SPAN_OCTAVES, "windows": a.windows, "seqlen": a.seqlen}
+    model = load(a.folder, dtype=torch.float32)
+    ppl = lambda: {t: perplexity(model, s, seqlen=a.seqlen, max_windows=a.windows, progress=False)["ppl"]  # noqa: E731
+                   for t, s in streams.items()}
+    t0 = time.perf_counter()
+    result["v1_ppl"] = ppl()
+    result.update(reencode(model))
+    result["v2_ppl"] = ppl()
+    result["seconds"] = time.perf_counter() - t0
+    print(json.dumps(result, indent=1))
+    if a.out:
+        with open(a.out, "w") as f:
+            json.dump(result, f, indent=1)
+
+
+if __name__ == "__main__":
+    main()
