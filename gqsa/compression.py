@@ -9,6 +9,7 @@ out)`` needs nothing more.
 
 from __future__ import annotations
 
+import copy
 import os
 
 import torch
@@ -42,6 +43,7 @@ def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, *, train
     """
     home = next(model.parameters()).device
     device = torch.device(device) if device is not None else home
+    teacher = copy.deepcopy(model) if config.e2e and config.e2e.distill else None  # the dense model, for E2E-OQP
     store = None
     if checkpoint is not None:
         store = BlockCheckpoint(checkpoint, run_fingerprint(model, config, calib), resume=resume)
@@ -53,7 +55,7 @@ def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, *, train
         report.stages["bqpo"] = summarize(report.blocks, config.bqpo)
     if config.e2e:
         windows = calib if train_ids is None else train_ids
-        report.stages["e2e_oqp"] = train_scales(model, windows, config.e2e, device, progress)
+        report.stages["e2e_oqp"] = train_scales(model, windows, config.e2e, device, progress, teacher=teacher)
         model.to(home)
     model.config.quantization_config = quantization_dict(model, config, stages_ran(config))
     return report

@@ -93,6 +93,11 @@ class E2EConfig:
         amp: mixed precision on CUDA (scales stay float32; see :func:`gqsa.train.e2e.autocast_dtype`); CPU is
             always float32.
         seed: seed of the window order.
+        distill: weight a of a distillation term: the loss is (1 - a) * LM loss + a * T^2 *
+            KL(teacher || student) of the token distributions at temperature T, the teacher being
+            the dense model (:func:`gqsa.compress` keeps a copy of it; 0, the default: LM loss only,
+            as EfficientQAT).
+        temperature: T of the distillation term.
     """
 
     epochs: int = 1
@@ -107,8 +112,14 @@ class E2EConfig:
     gradient_checkpointing: bool = True
     amp: bool = True
     seed: int = 0
+    distill: float = 0.0
+    temperature: float = 1.0
 
     def __post_init__(self) -> None:
+        require(isinstance(self.distill, (int, float)) and 0 <= self.distill <= 1,
+                f"distill must be in [0, 1], got {self.distill!r}")
+        require(isinstance(self.temperature, (int, float)) and math.isfinite(self.temperature) and self.temperature > 0,
+                f"temperature must be a finite number > 0, got {self.temperature!r}")
         for name in ("epochs", "batch_size", "grad_accum"):
             value = getattr(self, name)
             require(isinstance(value, int) and value >= 1, f"{name} must be an int >= 1, got {value!r}")

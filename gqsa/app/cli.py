@@ -98,6 +98,10 @@ def _add_stages(p: argparse.ArgumentParser) -> None:
     g.add_argument("--e2e-batch-size", type=positive_int, default=4)
     g.add_argument("--e2e-grad-accum", type=positive_int, default=8)
     g.add_argument("--e2e-train-zeros", action="store_true", help="also train zero points (rounded, STE)")
+    g.add_argument("--e2e-distill", type=float, default=0.0,
+                   help="weight in [0, 1] of a distillation term (KL to the dense model's logits) in E2E-OQP's loss; "
+                        "keeps a copy of the dense model in memory (default 0: LM loss only)")
+    g.add_argument("--e2e-temperature", type=float, default=1.0, help="temperature of the distillation term")
     g.add_argument("--resume", action="store_true", help="continue an interrupted run from its block checkpoints")
     g.add_argument("--checkpoint-dir", default=None, help="per-block checkpoints (default: OUT.checkpoint)")
 
@@ -109,7 +113,8 @@ def _stage_configs(a: argparse.Namespace) -> dict:
                       lr_scale=a.bqpo_lr_scale, lr_zero=a.bqpo_lr_zero,
                       fp_targets=not a.bqpo_local_targets) if a.bqpo_epochs > 0 else None
     e2e = E2EConfig(epochs=a.e2e_epochs, lr=a.e2e_lr, batch_size=a.e2e_batch_size, grad_accum=a.e2e_grad_accum,
-                    train_zeros=a.e2e_train_zeros) if a.e2e_epochs > 0 else None
+                    train_zeros=a.e2e_train_zeros, distill=a.e2e_distill,
+                    temperature=a.e2e_temperature) if a.e2e_epochs > 0 else None
     return {"bqpo": bqpo, "e2e": e2e}
 
 

@@ -28,6 +28,7 @@ import time
 from typing import Any, Callable
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from torch.nn.utils import parametrize
 from tqdm.auto import tqdm
@@ -129,8 +130,27 @@ def autocast_dtype(model_dtype: torch.dtype, device: torch.device, amp: bool) ->
     return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
 
 
+def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+    """T^2 * KL(teacher || student) per token (Hinton et al. 2015), logits [B, L, V] -> scalar."""
+    t = temperature
+    s = F.log_softmax(student.float().flatten(0, -2) / t, -1)
+    p = F.log_softmax(teacher.float().flatten(0, -2) / t, -1)
+    return F.kl_div(s, p, log_target=True, reduction="batchmean") * t * t
+
+
+def _loss(model: nn.Module, batch: torch.Tensor, config: E2EConfig, teacher: nn.Module | None) -> torch.Tensor:
+    """The training loss of one batch: the LM loss, mixed with the distillation term if asked."""
+    out = model(input_ids=batch, labels=batch, use_cache=False)
+    if not config.distill:
+        return out.loss
+    with torch.no_grad():
+        target = teacher(input_ids=batch, use_cache=False).logits
+    return (1 - config.distill) * out.loss + config.distill * distill_loss(out.logits, target, config.temperature)
+
+
 def _run_epochs(model: nn.Module, windows: torch.Tensor, groups: list[dict], config: E2EConfig,
-                device: torch.device, progress: bool, amp_dtype: torch.dtype | None) -> list[float]:
+                device: torch.device, progress: bool, amp_dtype: torch.dtype | None,
+                teacher: nn.Module | None = None) -> list[float]:
     """The training loop; returns the loss of every optimizer step (mean over its windows).
 
     Under float16 autocast the loss is scaled (``torch.amp.GradScaler``) so that small
@@ -151,7 +171,7 @@ def _run_epochs(model: nn.Module, windows: torch.Tensor, groups: list[dict], con
                 in_step = min(config.grad_accum, micro - first)  # forward passes in this step
                 batch = windows[perm[m * config.batch_size:(m + 1) * config.batch_size]].to(device)
                 with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                    loss = model(input_ids=batch, labels=batch, use_cache=False).loss
+                    loss = _loss(model, batch, config, teacher)
                 scaler.scale(loss / in_step).backward()
                 acc += loss.detach().float() / in_step  # on the device: one sync per optimizer step
                 if m - first + 1 == in_step:
@@ -178,7 +198,7 @@ def _freeze_all(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
 
 def train_scales(model: nn.Module, windows: torch.Tensor, config: E2EConfig = E2EConfig(),
                  device: torch.device | str | None = None, progress: bool = True,
-                 evaluate: bool = True) -> dict[str, Any]:
+                 evaluate: bool = True, teacher: nn.Module | None = None) -> dict[str, Any]:
     """Run E2E-OQP on a compressed model, in place.
 
     Args:
@@ -186,12 +206,16 @@ def train_scales(model: nn.Module, windows: torch.Tensor, config: E2EConfig = E2
         windows: training token windows [n, L] int64 (e.g. ``gqsa.data.calibration_windows``).
         config: the :class:`E2EConfig`.
         evaluate: also measure the mean loss on ``windows`` before and after (two forward passes).
+        teacher: the dense model, for ``config.distill`` > 0 (moved to ``device`` for the run and
+            back); its logits are recomputed for every batch, so it costs a forward pass, not memory.
     Returns:
         A JSON-able log: losses (per step, before/after), steps, trainable count, time, peak memory.
     """
     layers = [m for m in model.modules() if isinstance(m, GQSLinear)]
     if not layers:
         raise ValueError("the model holds no GQSLinear layer: compress it before E2E-OQP")
+    if config.distill and teacher is None:
+        raise ValueError("E2EConfig.distill > 0 needs the dense model as teacher (gqsa.compress keeps one)")
     if windows.dim() != 2 or windows.shape[1] < 2 or windows.dtype != torch.int64:
         raise ValueError(f"windows must be int64 token ids [n, L] with L >= 2, got {tuple(windows.shape)} "
                          f"{windows.dtype}")
@@ -207,17 +231,22 @@ def train_scales(model: nn.Module, windows: torch.Tensor, config: E2EConfig = E2
     had_checkpointing = getattr(model, "is_gradient_checkpointing", False)
     scales, zeros = make_trainable(layers, config.train_zeros)
     groups = [{"params": scales, "lr": config.lr}] + ([{"params": zeros, "lr": config.lr_zero}] if zeros else [])
+    teacher_home = None if teacher is None else next(teacher.parameters()).device
     try:
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
-        step_losses = _run_epochs(model, windows, groups, config, device, progress, amp_dtype)
+        if teacher is not None:
+            teacher.to(device).eval()
+        step_losses = _run_epochs(model, windows, groups, config, device, progress, amp_dtype, teacher)
     finally:
         if config.gradient_checkpointing and not had_checkpointing:
             model.gradient_checkpointing_disable()
             model.disable_input_require_grads()
         model.train(was_training)
         make_frozen(layers)
+        if teacher is not None:
+            teacher.to(teacher_home)
         for p, requires_grad in flags:
             p.requires_grad_(requires_grad)
     train_seconds = time.perf_counter() - t_train

@@ -125,3 +125,35 @@ def test_half_model_trains_under_autocast_with_its_policy(monkeypatch, dtype):
     log = train_scales(model, _windows(), E2EConfig(epochs=3, lr=1e-3, batch_size=2, grad_accum=2), progress=False)
     assert log["loss_after"] < log["loss_before"] - 0.01, log
     assert all(m.scales.dtype == torch.float16 for m in model.modules() if isinstance(m, GQSLinear))
+
+
+def test_distillation_brings_the_student_closer_to_the_teacher():
+    """distill=1: the loss is the KL to the dense model's token distribution; training lowers it."""
+    from gqsa.train.e2e import distill_loss
+    teacher = tiny_model("llama")
+    model = _compressed()
+    windows = _windows()
+    with torch.no_grad():
+        before = float(distill_loss(model(windows).logits, teacher(windows).logits, 1.0))
+    cfg = E2EConfig(epochs=3, lr=1e-3, batch_size=2, grad_accum=2, distill=1.0)
+    train_scales(model, windows, cfg, progress=False, evaluate=False, teacher=teacher)
+    with torch.no_grad():
+        after = float(distill_loss(model(windows).logits, teacher(windows).logits, 1.0))
+    assert after < before - 1e-3, (before, after)
+    with pytest.raises(ValueError, match="needs the dense model as teacher"):
+        train_scales(model, windows, cfg, progress=False)
+
+
+def test_distill_loss_is_zero_for_equal_logits_and_positive_otherwise():
+    from gqsa.train.e2e import distill_loss
+    x = torch.randn(2, 5, 11)
+    assert float(distill_loss(x, x, 2.0)) == pytest.approx(0.0, abs=1e-6)
+    assert float(distill_loss(x, x.flip(-1), 2.0)) > 0
+
+
+def test_the_verb_keeps_the_dense_model_as_teacher():
+    import gqsa
+    model = tiny_model("llama")
+    e2e = E2EConfig(epochs=1, lr=1e-3, batch_size=4, grad_accum=1, distill=0.5, temperature=2.0)
+    report = gqsa.compress(model, GQSAConfig(e2e=e2e), calib_ids(8, 32), progress=False)
+    assert report.stages["e2e_oqp"]["config"]["distill"] == 0.5 and report.stages["e2e_oqp"]["steps"] == 2
