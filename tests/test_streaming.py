@@ -136,3 +136,14 @@ def test_hidden_states_go_where_they_fit(monkeypatch, capsys):
     monkeypatch.setattr(torch.cuda, "mem_get_info", lambda device: (30 * gib, 141 * gib))
     assert streaming.place_hidden(shape, torch.float16, cuda, 4, 20 * gib) == (torch.device("cpu"), True)
     assert "pinned CPU memory" in capsys.readouterr().err
+
+
+def test_streamed_e2e_oqp_runs_on_the_assembled_model_as_in_memory(tmp_path):
+    from gqsa.config import E2EConfig
+    config = GQSAConfig(group_size=16, sparsity=0.5, bits=4, e2e=E2EConfig(epochs=1, lr=1e-3, batch_size=2,
+                                                                          grad_accum=1))
+    folder = _sharded(tmp_path, layers=2)
+    ref = _in_memory(folder, config, tmp_path / "mem")
+    report = _streamed(folder, config, tmp_path / "stream", tmp_path / "ckpt")
+    assert report.stages["e2e_oqp"]["steps"] == 2
+    _assert_same_folder(ref, tmp_path / "stream")
