@@ -105,7 +105,8 @@ def _state_from(source: TensorSource, names: Iterable[tuple[str, str]], dtype: t
     return state
 
 
-def load_outside(model: nn.Module, source: TensorSource, dtype: torch.dtype, device: torch.device | str = "cpu") -> None:
+def load_outside(model: nn.Module, source: TensorSource, dtype: torch.dtype,
+                 device: torch.device | str = "cpu") -> None:
     """Load every tensor outside the decoder blocks (embeddings, norms, head) onto ``device``;
     the blocks stay on the meta device. Ties the head, rebuilds rotary buffers."""
     blocks_name, _ = find_blocks(model)

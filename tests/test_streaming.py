@@ -147,3 +147,19 @@ def test_streamed_e2e_oqp_runs_on_the_assembled_model_as_in_memory(tmp_path):
     report = _streamed(folder, config, tmp_path / "stream", tmp_path / "ckpt")
     assert report.stages["e2e_oqp"]["steps"] == 2
     _assert_same_folder(ref, tmp_path / "stream")
+
+
+def test_compress_folder_streams_by_default_and_equals_no_stream(tmp_path):
+    from conftest import build_byte_tokenizer
+
+    from gqsa.app.workflow import compress_folder
+    folder = _sharded(tmp_path, layers=2)
+    build_byte_tokenizer().save_pretrained(folder)
+    text = tmp_path / "calib.txt"
+    text.write_text("The quick brown fox jumps over the lazy dog. " * 40)
+    kw = dict(calib=str(text), nsamples=2, seqlen=32, progress=False)
+    streamed = compress_folder(str(folder), tmp_path / "stream", ONESHOT, **kw)
+    loaded = compress_folder(str(folder), tmp_path / "mem", ONESHOT, stream=False, **kw)
+    assert streamed["streamed"] is True and loaded["streamed"] is False
+    _assert_same_folder(tmp_path / "mem", tmp_path / "stream")
+    assert (tmp_path / "stream" / "tokenizer.json").exists() and not (tmp_path / "stream.checkpoint").exists()

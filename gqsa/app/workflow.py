@@ -116,7 +116,8 @@ def _say_plan(num_blocks: int, config: GQSAConfig, ids: torch.Tensor, calib: str
         ([f"E2E-OQP {config.e2e.epochs} epochs on {e2e_text.nsamples} x {e2e_text.seqlen} tokens of {e2e_text.text}"]
          if config.e2e else [])
     slow = device.type == "cpu" and ids.numel() >= 64 * 2048
-    print(f"gqsa compress: {num_blocks} blocks {'streamed from the folder' if stream else 'loaded whole'} at G{config.group_size} W{config.bits} "
+    how = "streamed from the folder" if stream else "loaded whole"
+    print(f"gqsa compress: {num_blocks} blocks {how} at G{config.group_size} W{config.bits} "
           f"S{config.sparsity:g}; calibration {ids.shape[0]} x {ids.shape[1]} tokens of {calib}; {device} "
           f"{str(dtype).replace('torch.', '')}; {', then '.join(steps)}"
           + ("; on a 2-core CPU this takes about a minute per block (--nsamples/--seqlen make it shorter)"

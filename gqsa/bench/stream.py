@@ -26,7 +26,14 @@ from pathlib import Path
 
 import torch
 
-from gqsa.bench.synth_checkpoint import LLAMA2_70B, LLAMA31_405B, SHAPES, LlamaShape, SynthLlamaSource, llama_config
+from gqsa.bench.synth_checkpoint import (
+    LLAMA2_70B,
+    LLAMA31_405B,
+    SHAPES,
+    LlamaShape,
+    SynthLlamaSource,
+    llama_config,
+)
 from gqsa.compression import compress_streamed
 from gqsa.config import BQPOConfig, GQSAConfig
 
@@ -83,9 +90,10 @@ def run(shape: LlamaShape, blocks: int, bqpo: bool, nsamples: int, seqlen: int, 
     per_block = []
     for rec in report.blocks:
         b = (rec.get("after_block") or {}).get("bqpo", {}).get("seconds", 0.0)
-        per_block.append({"index": rec["index"], "source_seconds": source.seconds.get(f"model.layers.{rec['index']}", 0.0),
+        i = rec["index"]
+        per_block.append({"index": i, "source_seconds": source.seconds.get(f"model.layers.{i}", 0.0),
                           "oneshot_seconds": rec["seconds"] - b, "bqpo_seconds": b,
-                          "packed_bytes": (work / "checkpoint" / f"block_{rec['index']:04d}.safetensors").stat().st_size})
+                          "packed_bytes": (work / "checkpoint" / f"block_{i:04d}.safetensors").stat().st_size})
     del model
     return {"shape": vars(shape), "blocks": blocks, "bqpo": bqpo, "nsamples": nsamples, "seqlen": seqlen,
             "device": str(device), "dtype": str(dtype).replace("torch.", ""), "total_seconds": total,
@@ -113,7 +121,8 @@ def extrapolate(record: dict, target: LlamaShape) -> dict:
             "source_hours_measured_rate": target.blocks * median("source_seconds") * ratio / 3600,
             "hidden_state_gib": hidden_bytes(target, tokens, copies) / GiB,
             "dense_block_gib": 2 * sum(n * k for n, k in _linears(target)) / GiB,
-            "packed_model_gib": (target.blocks * packed_block_bytes(target) + 2 * 2 * target.vocab * target.hidden) / GiB}
+            "packed_model_gib": (target.blocks * packed_block_bytes(target)
+                                 + 2 * 2 * target.vocab * target.hidden) / GiB}
 
 
 def packed_block_bytes(shape: LlamaShape, group_size: int = 16, bits: int = 4, sparsity: float = 0.5) -> int:
@@ -132,7 +141,8 @@ def main(argv: list[str] | None = None) -> dict:
     ap.add_argument("--nsamples", type=int, default=128)
     ap.add_argument("--seqlen", type=int, default=2048)
     ap.add_argument("--device", default="auto", help="cuda, cpu or auto")
-    ap.add_argument("--out", default="bench_out", help="folder for stream.json (the checkpoint goes in a subfolder, removed)")
+    ap.add_argument("--out", default="bench_out",
+                    help="folder for stream.json (the checkpoint goes in a subfolder, removed at the end)")
     a = ap.parse_args(argv)
     device = torch.device("cuda" if a.device == "auto" and torch.cuda.is_available() else
                           ("cpu" if a.device == "auto" else a.device))
