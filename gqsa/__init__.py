@@ -12,7 +12,7 @@ On a GPU, ``gqsa.prepare_kernels(model)`` after ``model.cuda()`` and before ``to
 or CUDA graph capture (an eager forward does it by itself).
 """
 
-from gqsa.compression import compress
+from gqsa.compression import compress, compress_streamed
 from gqsa.config import BQPOConfig, E2EConfig, GQSAConfig
 from gqsa.hf import load, save_compressed
 from gqsa.hf_quantizer import register as _register
@@ -20,5 +20,5 @@ from gqsa.layer import GQSLinear, prepare_kernels
 
 _register()
 
-__all__ = ["BQPOConfig", "E2EConfig", "GQSAConfig", "GQSLinear", "compress", "load", "prepare_kernels", "save_compressed"]
+__all__ = ["BQPOConfig", "E2EConfig", "GQSAConfig", "GQSLinear", "compress", "compress_streamed", "load", "prepare_kernels", "save_compressed"]
 __version__ = "0.1.0"

@@ -252,13 +252,13 @@ def _load_state(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.d
     except RuntimeError as e:  # size mismatches
         raise ValueError(f"checkpoint does not match the model: {str(e).splitlines()[-1].strip()}") from None
     model.tie_weights()
-    _rebuild_meta_buffers(model, next(iter(state.values())).device)
+    rebuild_meta_buffers(model, next(iter(state.values())).device)
     still_meta = [n for n, p in list(model.named_parameters()) + list(model.named_buffers()) if p.is_meta]
     if unexpected or still_meta:
         raise ValueError(f"checkpoint does not match the model: unexpected {unexpected[:5]}, missing {still_meta[:5]}")
 
 
-def _rebuild_meta_buffers(model: nn.Module, device: torch.device) -> None:
+def rebuild_meta_buffers(model: nn.Module, device: torch.device) -> None:
     """Rebuild modules whose non-persistent buffers (rotary ``inv_freq``) were made on the
     meta device: they hold no parameters and are constructed again from their config."""
     for name, m in list(model.named_modules()):

@@ -19,6 +19,13 @@ block-i outputs are then what ``after_block`` gets as targets (EfficientQAT Bloc
 next one starts; a resumed run restores the finished blocks instead of compressing them
 again and recomputes both chains through them (the dense chain before restoring each
 block, the compressed chain after), so no hidden states are stored on disk.
+
+With a ``blocks_source`` (:class:`BlockSource`, e.g. :class:`gqsa.streaming.StreamedBlocks`)
+the blocks are not in memory at all: each is materialised from the model's files right
+before its turn and released right after it is checkpointed (streamed compression,
+docs/streaming.md). The hidden states can live on another device than the block in work
+(``hidden_device``: pinned CPU memory when the GPU cannot hold them); every batch is moved
+to the block's device and back, which changes no value.
 """
 
 from __future__ import annotations
@@ -57,6 +64,16 @@ class BlockStore(Protocol):
         """Load finished block ``i`` into ``block`` (its dense self) and return its record."""
 
 
+class BlockSource(Protocol):
+    """Where the blocks of a model whose blocks are not in memory come from (streaming)."""
+
+    def load(self, i: int, block: nn.Module, device: torch.device) -> nn.Module:
+        """Materialise the dense block ``i`` (its skeleton ``block``, on the meta device) on ``device``."""
+
+    def release(self, i: int, block: nn.Module) -> None:
+        """Free block ``i``'s tensors (back to the meta device) once it is finished."""
+
+
 class _Captured(Exception):
     """Raised by the capture hook to stop the forward pass after block 0's inputs."""
 
@@ -82,14 +99,16 @@ class CompressReport:
 
 
 def capture_block_inputs(model: nn.Module, first_block: nn.Module, calib: torch.Tensor,
-                         device: torch.device, batch_size: int) -> tuple[torch.Tensor, dict]:
-    """Hidden states [n, L, d] entering the first block, and the keyword arguments the
-    model passes to every block (attention mask, rotary embeddings, ...), as captured from
-    the first batch of ``batch_size`` sequences."""
+                         device: torch.device, batch_size: int,
+                         hidden_device: torch.device | None = None) -> tuple[torch.Tensor, dict]:
+    """Hidden states [n, L, d] entering the first block (on ``hidden_device``, default
+    ``device``), and the keyword arguments the model passes to every block (attention mask,
+    rotary embeddings, ...), as captured from the first batch of ``batch_size`` sequences."""
     hidden, kwargs = [], {}
 
     def hook(_module, args, kw):
-        hidden.append((args[0] if args else kw["hidden_states"]).detach())
+        x = (args[0] if args else kw["hidden_states"]).detach()
+        hidden.append(x if hidden_device is None else x.to(hidden_device))
         if not kwargs:  # the first batch's; fit_batch adapts batch-sized tensors to other batches
             kwargs.update({k: v for k, v in kw.items() if k != "hidden_states"})
         raise _Captured
@@ -125,13 +144,22 @@ def fit_batch(value: Any, b: int) -> Any:
 
 @torch.no_grad()
 def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size: int) -> torch.Tensor:
-    """Block outputs [n, L, d] for inputs [n, L, d], in batches."""
+    """Block outputs [n, L, d] for inputs [n, L, d], in batches, on the inputs' device (each
+    batch goes to the block's device and back; pinned inputs give pinned outputs)."""
+    device = block_device(block, hidden.device)
     outs = []
     for i in range(0, hidden.shape[0], batch_size):
-        chunk = hidden[i:i + batch_size]
+        chunk = hidden[i:i + batch_size].to(device, non_blocking=True)
         out = block(chunk, **fit_batch(kwargs, chunk.shape[0]))
-        outs.append(out[0] if isinstance(out, tuple) else out)
-    return torch.cat(outs)
+        outs.append((out[0] if isinstance(out, tuple) else out).to(hidden.device))
+    out = torch.cat(outs)
+    return out.pin_memory() if hidden.is_pinned() else out
+
+
+def block_device(block: nn.Module, default: torch.device | None = None) -> torch.device:
+    """The device of a block's first parameter or buffer (``default`` when it has none)."""
+    first = next(iter(block.state_dict().values()), None)
+    return default if first is None else first.device
 
 
 def _accumulate_hessians(block: nn.Module, linears: dict[str, nn.Linear], hidden: torch.Tensor,
@@ -220,7 +248,9 @@ def _check_skips(model: nn.Module, config: Any) -> None:
 def run_blocks(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: torch.device | str | None = None,
                batch_size: int = 8, progress: bool = True, after_block: AfterBlock | None = None,
                start_block: int = 0, solve: LayerSolve = solve_layer, dense: bool = False,
-               fp_targets: bool = False, checkpoint: BlockStore | None = None) -> CompressReport:
+               fp_targets: bool = False, checkpoint: BlockStore | None = None,
+               blocks_source: BlockSource | None = None, hidden_device: torch.device | None = None,
+               pin_hidden: bool = False) -> CompressReport:
     """The sequential driver: solve ``model``'s blocks one by one, in place; returns a
     :class:`CompressReport`. Users call :func:`gqsa.compress`, which runs this with the
     training stages its config asks for; the baselines call it with their own solvers.
@@ -243,29 +273,41 @@ def run_blocks(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device
             dense block's outputs on them as targets (instead of on the compressed inputs).
         checkpoint: save each finished block there; blocks it already holds are restored
             and not compressed again (resume). Exclusive with ``start_block``.
+        blocks_source: materialises each block before its turn and releases it after
+            (streaming; the model's blocks are then meta-device skeletons). Needs ``checkpoint``,
+            where the finished blocks go.
+        hidden_device: where the calibration hidden states live (default: ``device``);
+            ``pin_hidden`` pins them (CPU hidden states for a CUDA device).
     """
     t0 = time.perf_counter()
-    device = torch.device(device) if device is not None else next(model.parameters()).device
+    home = next(p.device for p in model.parameters() if not p.is_meta)
+    device = torch.device(device) if device is not None else home
+    if blocks_source is not None and checkpoint is None:
+        raise ValueError("blocks_source needs a checkpoint: the finished blocks of a streamed run go there")
     _check_skips(model, config)
     blocks_name, blocks = find_blocks(model)
     start = _first_block(start_block, checkpoint, fp_targets, len(blocks))
     job = _BlockJob(config, blocks_name, batch_size, solve, dense, after_block, checkpoint, len(blocks))
-    home = next(blocks[0].parameters()).device
     _move_outside(model, blocks, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     report = CompressReport()
     with torch.no_grad():
-        blocks[0].to(device)
-        hidden, kwargs = capture_block_inputs(model, blocks[0], calib, device, batch_size)
+        if blocks_source is None:
+            blocks[0].to(device)
+        hidden, kwargs = capture_block_inputs(model, blocks[0], calib, device, batch_size, hidden_device)
+        hidden = hidden.pin_memory() if pin_hidden else hidden
         fp_hidden = hidden if fp_targets else None
         for i in tqdm(range(len(blocks)), desc="gqsa blocks", disable=not progress):
-            block = blocks[i].to(device)
+            block = blocks[i].to(device) if blocks_source is None else blocks_source.load(i, blocks[i], device)
             if i < start:
                 hidden, fp_hidden = _replay_block(i, block, hidden, fp_hidden, kwargs, job, report)
             else:
                 hidden, fp_hidden = _compress_next(i, block, hidden, fp_hidden, kwargs, job, report)
-            blocks[i].to(home)
+            if blocks_source is None:
+                blocks[i].to(home)
+            else:
+                blocks_source.release(i, blocks[i])
     _move_outside(model, blocks, home)
     report.seconds = time.perf_counter() - t0
     report.peak_memory_bytes = peak_memory(device)

@@ -77,6 +77,9 @@ def _add_compress(sub) -> None:
     p.add_argument("--batch-size", type=positive_int, default=8, help="calibration windows per block forward")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--no-stream", action="store_true",
+                   help="gqsa: load the whole dense model into CPU memory first, instead of reading one block at a "
+                        "time from a local folder's safetensors shards (the default; same result, docs/streaming.md)")
     _add_stages(p)
     _add_runtime(p)
 
@@ -190,7 +193,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
     log = compress_folder(a.model, a.out, config, a.calib, a.nsamples, a.seqlen, device,
                           pick_dtype(a.dtype, device), a.seed, a.batch_size, a.overwrite,
                           e2e_text=TrainText(a.e2e_data, a.e2e_nsamples, a.e2e_seqlen), resume=a.resume,
-                          checkpoint_dir=a.checkpoint_dir)
+                          checkpoint_dir=a.checkpoint_dir, stream=False if a.no_stream else None)
     _print_compress_summary(log, a.out)
     return 0
 

@@ -14,12 +14,14 @@ from typing import Any
 import torch
 
 from gqsa.app.run_report import SCHEMA
-from gqsa.compression import compress
+from gqsa.compression import compress, compress_streamed
 from gqsa.config import GQSAConfig
 from gqsa.data import DEFAULT_CALIBRATION_TEXT, calibration_windows, load_texts
-from gqsa.hf import save_compressed
+from gqsa.hf import save_compressed, verify_checksums
 from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_model
+from gqsa.models import find_blocks
 from gqsa.size import folder_bytes, model_stats
+from gqsa.streaming import skeleton
 
 
 @dataclass(frozen=True)
@@ -36,33 +38,48 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
                     nsamples: int = 128, seqlen: int = 2048, device: torch.device = torch.device("cpu"),
                     dtype: torch.dtype = torch.float32, seed: int = 0, batch_size: int = 8,
                     overwrite: bool = False, progress: bool = True, e2e_text: TrainText = TrainText(),
-                    resume: bool = False, checkpoint_dir: str | None = None) -> dict[str, Any]:
-    """Load a model folder (or hub id), :func:`gqsa.compress` it, save it to ``out``; returns
-    the log also saved there (``gqsa_log.json``).
+                    resume: bool = False, checkpoint_dir: str | None = None,
+                    stream: bool | None = None) -> dict[str, Any]:
+    """Compress a model folder (or hub id) with GQSA and save it to ``out``; returns the log
+    also saved there (``gqsa_log.json``).
 
-    The dense model is loaded on the CPU and its blocks are moved to ``device`` one at a
-    time, so the GPU needs to hold only one block plus the calibration activations. Every
-    finished block is checkpointed in ``checkpoint_dir`` (default ``OUT.checkpoint``, removed
-    after the save); ``resume`` continues an interrupted run.
+    A local folder is streamed by default (``stream=None``; :func:`gqsa.compress_streamed`):
+    one block at a time is read from its safetensors shards, so neither CPU nor GPU memory
+    ever holds the dense model. ``stream=False`` (and a hub id) loads the dense model on the
+    CPU and :func:`gqsa.compress` moves its blocks to ``device`` one at a time; both give the
+    same packed tensors. Every finished block is checkpointed in ``checkpoint_dir`` (default
+    ``OUT.checkpoint``, removed after the save); ``resume`` continues an interrupted run.
     """
     if Path(out).exists() and not overwrite:
         raise FileExistsError(f"{out} exists; pass --overwrite to replace it")
     times: dict[str, float] = {}
     t = time.perf_counter()
     source = resolve_uncompressed(model_name)
-    model = load_model(source, torch.device("cpu"), dtype)
+    distill = bool(config.e2e and config.e2e.distill)  # needs the dense model whole, as E2E-OQP's teacher
+    stream = Path(source).is_dir() and not distill if stream is None else stream
+    if stream and not Path(source).is_dir():
+        raise ValueError(f"streamed compression reads a local model folder; {model_name} is not one")
     tokenizer = load_tokenizer(source)
-    times["load"] = time.perf_counter() - t
     ids = calibration_windows(tokenizer, load_texts(calib, "calibration"), nsamples, seqlen, seed)
     train_ids = None
     if config.e2e:
         train_ids = calibration_windows(tokenizer, load_texts(e2e_text.text, "calibration"), e2e_text.nsamples,
                                         e2e_text.seqlen, seed + 1)
-    if progress:
-        _say_plan(model, config, ids, calib, device, dtype, e2e_text)
     ckpt = Path(checkpoint_dir or f"{out}.checkpoint")
-    report = compress(model, config, ids, train_ids=train_ids, device=device, batch_size=batch_size,
-                      progress=progress, checkpoint=ckpt, resume=resume)
+    run = dict(train_ids=train_ids, device=device, batch_size=batch_size, progress=progress, checkpoint=ckpt,
+               resume=resume)
+    if stream:
+        verify_checksums(source)
+        if progress:
+            _say_plan(_count_blocks(source, dtype), config, ids, calib, device, dtype, e2e_text, stream)
+        times["load"] = time.perf_counter() - t
+        model, report = compress_streamed(source, config, ids, dtype=dtype, **run)
+    else:
+        model = load_model(source, torch.device("cpu"), dtype)
+        times["load"] = time.perf_counter() - t
+        if progress:
+            _say_plan(len(find_blocks(model)[1]), config, ids, calib, device, dtype, e2e_text, stream)
+        report = compress(model, config, ids, **run)
     times["compress"] = report.seconds
     if config.e2e:
         report.stages["e2e_oqp"] = {"data": e2e_text.text, **report.stages["e2e_oqp"]}
@@ -72,7 +89,8 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
     log = {"schema": SCHEMA, "method": "gqsa", "settings": settings, "ppl": {}, "date": date.today().isoformat(),
            "model": model_name, "source": str(source), "config": config.to_dict(),
            "calibration": {"source": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed},
-           "device": str(device), "dtype": str(dtype).replace("torch.", ""), "stages": report.stages,
+           "device": str(device), "dtype": str(dtype).replace("torch.", ""), "streamed": stream,
+           "stages": report.stages,
            "bits_per_weight": stats["bits_per_weight"], "packed_bytes": stats["packed_bytes"],
            "original_bytes": folder_bytes(source) if Path(source).is_dir() else None,
            "layers": report.layers}
@@ -86,15 +104,21 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
     return log
 
 
-def _say_plan(model, config: GQSAConfig, ids: torch.Tensor, calib: str, device: torch.device,
-              dtype: torch.dtype, e2e_text: TrainText) -> None:
+def _count_blocks(source: str, dtype: torch.dtype) -> int:
+    """Number of decoder blocks of a model folder, from its meta-device skeleton."""
+    from transformers import AutoConfig
+    return len(find_blocks(skeleton(AutoConfig.from_pretrained(source), dtype))[1])
+
+
+def _say_plan(num_blocks: int, config: GQSAConfig, ids: torch.Tensor, calib: str, device: torch.device,
+              dtype: torch.dtype, e2e_text: TrainText, stream: bool) -> None:
     """One line on stderr saying what the run will do, before the long part starts."""
-    from gqsa.models import find_blocks
     steps = ["one-shot"] + ([f"BQPO {config.bqpo.epochs} epochs"] if config.bqpo else []) + \
         ([f"E2E-OQP {config.e2e.epochs} epochs on {e2e_text.nsamples} x {e2e_text.seqlen} tokens of {e2e_text.text}"]
          if config.e2e else [])
     slow = device.type == "cpu" and ids.numel() >= 64 * 2048
-    print(f"gqsa compress: {len(find_blocks(model)[1])} blocks at G{config.group_size} W{config.bits} "
+    how = "streamed from the folder" if stream else "loaded whole"
+    print(f"gqsa compress: {num_blocks} blocks {how} at G{config.group_size} W{config.bits} "
           f"S{config.sparsity:g}; calibration {ids.shape[0]} x {ids.shape[1]} tokens of {calib}; {device} "
           f"{str(dtype).replace('torch.', '')}; {', then '.join(steps)}"
           + ("; on a 2-core CPU this takes about a minute per block (--nsamples/--seqlen make it shorter)"

@@ -56,7 +56,7 @@ from gqsa.config import BQPOConfig
 from gqsa.format import pack_layer, unpack_codes, unpack_layer
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
-from gqsa.pipeline import fit_batch
+from gqsa.pipeline import block_device, fit_batch
 
 MIN_SCALE = 1e-6  # keeps w / s finite; far below any scale a real group gets
 
@@ -141,11 +141,12 @@ def _block_out(block: nn.Module, x: torch.Tensor, kwargs: dict) -> torch.Tensor:
 @torch.no_grad()
 def block_mse(block: nn.Module, inputs: torch.Tensor, targets: torch.Tensor, kwargs: dict,
               batch_size: int = 8) -> float:
-    """Mean squared error (float32) between ``block(inputs)`` and ``targets``, both [n, L, d]."""
-    total = 0.0
+    """Mean squared error (float32) between ``block(inputs)`` and ``targets``, both [n, L, d]
+    (on the block's device or, streamed, in CPU memory: each batch is moved to the block)."""
+    total, device = 0.0, block_device(block, inputs.device)
     for i in range(0, inputs.shape[0], batch_size):
-        out = _block_out(block, inputs[i:i + batch_size], kwargs)
-        total += float((out.float() - targets[i:i + batch_size].float()).pow(2).sum())
+        out = _block_out(block, inputs[i:i + batch_size].to(device), kwargs)
+        total += float((out.float() - targets[i:i + batch_size].to(device).float()).pow(2).sum())
     return total / targets.numel()
 
 

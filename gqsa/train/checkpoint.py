@@ -115,18 +115,21 @@ class BlockCheckpoint:
 
     def restore(self, i: int, block: nn.Module) -> dict[str, Any]:
         """Turn the dense ``block`` into finished block ``i`` (GQSLinear layers and all its
-        tensors, on the block's device); returns the block's record."""
+        tensors, on the block's device, or on the CPU for a block on the meta device: the
+        skeleton of a streamed run); returns the block's record."""
         if i >= len(self._records):
             raise ValueError(f"block {i} is not finished in {self.folder} ({len(self._records)} are)")
         path = self.block_path(i)
         device = next(iter(block.state_dict().values())).device
+        skeleton = device.type == "meta"
+        device = torch.device("cpu") if skeleton else device
         with safe_open(str(path), framework="pt") as f:
             layout = json.loads(f.metadata()["gqs_layers"])
         for name, info in layout.items():
             set_submodule(block, name, GQSLinear(info["in_features"], info["out_features"], info["nnz"],
                                                  info["group_size"], info["bits"], info["bias"],
                                                  getattr(torch, info["dtype"]), device=device))
-        block.load_state_dict(load_file(str(path), device=str(device)), strict=True)
+        block.load_state_dict(load_file(str(path), device=str(device)), strict=True, assign=skeleton)
         return dict(self._records[i])
 
     def remove(self) -> None:
