@@ -8,14 +8,18 @@ weight. Version 2 keeps the codes and the CSR order of the kept groups and store
 tensor          shape, dtype                meaning
 ==============  ==========================  ===================================================
 codes           [nnz, G*bits/8] uint8       as version 1, CSR order (row by row, groups ascending)
-mask            [N, ceil(K/G/32)] int32     bit j of word w of row r: group 32 w + j is kept
+mask            [ceil(N*K/G/8)] uint8       one bit per group, row-major, little-endian: bit i
+                                            of the stream says whether group i % (K/G) of row
+                                            i // (K/G) is kept
 row_scale       [N] float16                 the largest scale of row r (its scale factor)
 scale_codes     [nnz] uint8                 c: scale = row_scale * 2^(-(255 - c) * SPAN / 255)
 zeros           [ceil(nnz/8)*bits] uint8    the zero points as a bits-wide little-endian stream
 ==============  ==========================  ===================================================
 
 Row pointers and column indices are not stored: both follow from the mask (popcount prefix
-sums), so the kernels' plans and :func:`to_v1` derive them at load. The scale code is
+sums), so the kernels' plans (which use 32-bit words per row, :func:`mask_words`) and
+:func:`to_v1` derive them at load. The mask is one stream over the whole layer, not words per
+row: with K/G = 36 groups a row (SmolLM2's 576 inputs), per-row words would cost 64 bits a row. The scale code is
 logarithmic: the scales of one row span at most 4.9 octaves on SmolLM2 (median 1.1, p99 2.2;
 measured on the W4 S50 G16 demo model), and a log grid has the same relative precision for
 small and large scales, which a linear 8-bit grid under the row maximum does not.
@@ -77,6 +81,19 @@ class PackedGQSv2:
         return 8 * self.nbytes() / (self.out_features * self.in_features)
 
 
+def pack_mask(keep: torch.Tensor) -> torch.Tensor:
+    """Kept-group mask [N, K/G] bool -> the stored bit stream [ceil(N*K/G/8)] uint8."""
+    flat = keep.reshape(-1).to(torch.uint8)
+    flat = torch.nn.functional.pad(flat, (0, -flat.numel() % 8)).view(-1, 8)
+    return (flat << torch.arange(8, dtype=torch.uint8, device=keep.device)).sum(-1).to(torch.uint8)
+
+
+def unpack_mask(stream: torch.Tensor, n: int, groups_per_row: int) -> torch.Tensor:
+    """Inverse of :func:`pack_mask`: bit stream -> keep [n, groups_per_row] bool."""
+    bits = (stream.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8, device=stream.device)) & 1
+    return bits.reshape(-1)[: n * groups_per_row].reshape(n, groups_per_row).bool()
+
+
 def mask_words(keep: torch.Tensor) -> torch.Tensor:
     """Kept-group mask [N, K/G] bool -> words [N, ceil(K/G/32)] int32 (bit j = group 32 w + j)."""
     n, ng = keep.shape
@@ -130,7 +147,7 @@ def from_v1(p: PackedGQS) -> tuple[PackedGQSv2, int]:
     row_scale, scale_codes, clamped = encode_scales(p.scales, rows, p.out_features)
     padded = torch.nn.functional.pad(p.zeros, (0, -p.nnz % 8))  # whole bytes at every bit width
     zeros = pack_codes(padded.reshape(1, -1), p.bits).reshape(-1)
-    packed = PackedGQSv2(p.codes, mask_words(keep_mask(p)), row_scale, scale_codes, zeros,
+    packed = PackedGQSv2(p.codes, pack_mask(keep_mask(p)), row_scale, scale_codes, zeros,
                          p.out_features, p.in_features, p.group_size, p.bits)
     return packed, clamped
 
@@ -138,7 +155,7 @@ def from_v1(p: PackedGQS) -> tuple[PackedGQSv2, int]:
 def to_v1(p: PackedGQSv2) -> PackedGQS:
     """The version-1 view of a version-2 layer (what the current kernels and the reference read):
     column indices and row pointers from the mask, fp16 scales decoded, zero points unpacked."""
-    keep = mask_keep(p.mask, p.in_features // p.group_size)
+    keep = unpack_mask(p.mask, p.out_features, p.in_features // p.group_size)
     counts = keep.sum(1)
     row_ptr = torch.zeros(p.out_features + 1, dtype=torch.int32, device=keep.device)
     row_ptr[1:] = torch.cumsum(counts, 0).to(torch.int32)

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from gqsa.format import dequantize, pack_layer
-from gqsa.format_v2 import SPAN_OCTAVES, from_v1, mask_keep, mask_words, to_v1
+from gqsa.format_v2 import SPAN_OCTAVES, from_v1, mask_keep, mask_words, pack_mask, to_v1, unpack_mask
 
 
 def random_layer(n, k, g, bits, density, seed=0):
@@ -35,9 +35,11 @@ def test_round_trip_is_exact_but_for_the_scale_grid(n, k, g, bits, density):
     assert torch.allclose(w1, w2, rtol=0.011, atol=0)
 
 
-def test_mask_words_round_trip_across_word_boundaries():
+def test_mask_round_trips_across_byte_and_word_boundaries():
     keep = torch.rand(7, 70) < 0.5
     assert torch.equal(mask_keep(mask_words(keep), 70), keep)
+    stream = pack_mask(keep)
+    assert stream.shape == (-(-7 * 70 // 8),) and torch.equal(unpack_mask(stream, 7, 70), keep)
     assert mask_words(torch.ones(1, 32, dtype=torch.bool)).item() == -1  # bit 31 set: int32 sign
 
 
