@@ -67,6 +67,11 @@ def _add_compress(sub) -> None:
                         "sparsity*(1+r) in the last (same mean); 0 = uniform (default)")
     p.add_argument("--sym", action="store_true", help="symmetric quantization")
     p.add_argument("--no-clip-search", action="store_true", help="plain min-max ranges")
+    p.add_argument("--clip-search", action="store_true",
+                   help="baselines: search each group's range shrink too (gqsa does by default)")
+    p.add_argument("--act-order", default=None, choices=["static", "group", "off"],
+                   help="gptq: column order (static: by decreasing Hessian diagonal, grids of the contiguous "
+                        "groups fixed up front; group: groups follow that order; off: left to right, the default)")
     p.add_argument("--skip", nargs="*", default=None, help=f"module names kept dense (default: {' '.join(d.skip)})")
     p.add_argument("--calib", default=DEFAULT_CALIBRATION_TEXT,
                    help="calibration text: builtin name, .txt/.jsonl/folder, or wikitext2/c4")
@@ -194,7 +199,9 @@ def _compress_baseline(a: argparse.Namespace, device, dtype) -> int:
     from gqsa.app.workflow import compress_baseline_folder
     log = compress_baseline_folder(a.model, a.out, a.method, a.pattern, a.bits, a.group_size, a.sparsity, a.calib,
                                    a.nsamples, a.seqlen, device, dtype, a.seed, a.batch_size, a.overwrite,
-                                   sym=a.sym, **({} if a.skip is None else {"skip": tuple(a.skip)}))
+                                   sym=a.sym, clip_search=a.clip_search,
+                                   **({} if a.skip is None else {"skip": tuple(a.skip)}),
+                                   **({} if a.act_order is None else {"act_order": a.act_order}))
     _table([("output", a.out), ("method", f"{a.method} {log['settings']}"),
             ("bits per weight (convention in docs/results.md)", f"{log['bits_per_weight']:.3f}"),
             ("time", f"{log['seconds']:.1f} s")])
