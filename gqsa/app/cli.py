@@ -203,8 +203,8 @@ def _compress_baseline(a: argparse.Namespace, device, dtype) -> int:
                                    **({} if a.skip is None else {"skip": tuple(a.skip)}),
                                    **({} if a.act_order is None else {"act_order": a.act_order}))
     _table([("output", a.out), ("method", f"{a.method} {log['settings']}"),
-            ("bits per weight (convention in docs/results.md)", f"{log['bits_per_weight']:.3f}"),
-            ("time", f"{log['seconds']:.1f} s")])
+            ("bits per weight (compressed layers; gqsa.size)", f"{log['bits_per_weight']:.3f}"),
+            *_whole_model_rows(log), ("time", f"{log['seconds']:.1f} s")])
     return 0
 
 
@@ -214,11 +214,18 @@ def _print_compress_summary(log: dict, out: str) -> None:
     rows = [("output", out),
             ("size before", f"{orig * mb:.1f} MiB" if orig else "n/a"),
             ("size after", f"{log['compressed_bytes'] * mb:.1f} MiB"),
-            ("bits per weight (compressed layers)", f"{log['bits_per_weight']:.3f}")]
+            ("bits per weight (compressed layers)", f"{log['bits_per_weight']:.3f}"), *_whole_model_rows(log)]
     rows.append(("stages", ", ".join(log["stages"])))
     rows += [(f"time: {k}", f"{v:.1f} s") for k, v in log["times"].items()]
     rows.append(("peak memory", f"{log['stages']['oneshot']['peak_memory_bytes'] * mb:.0f} MiB"))
     _table(rows)
+
+
+def _whole_model_rows(log: dict) -> list[tuple[str, str]]:
+    """Bits over all block linears (skipped ones at 16) and whole-model bytes (docs/results.md, Bits accounting)."""
+    return [("bits per weight (all linears, skipped at 16)", f"{log['bits_per_weight_all_linears']:.3f}"),
+            ("whole model (embeddings, norms, head included)",
+             f"{log['model_bytes'] / 2**20:.1f} MiB, {log['bits_per_param']:.3f} bits per parameter")]
 
 
 def _table(rows: list[tuple[str, str]]) -> None:

@@ -51,7 +51,7 @@ def test_act_order_defaults_and_old_bool_configs():
 def test_group_act_order_groups_follow_the_hessian_order():
     """With act_order="group" the columns of one group are the G with the largest H_ii, then the
     next G, ...: not contiguous columns; with "static" they are."""
-    W, acc = make_layer(n=32, k=256)
+    _, acc = make_layer(n=32, k=256)
     cfg = BaselineConfig("gptq", bits=3, group_size=64, act_order="group")
     g_idx = group_index(acc.H, cfg)
     d = torch.diag(acc.H)
