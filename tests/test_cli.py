@@ -84,8 +84,8 @@ def test_baseline_method_saves_a_dense_folder_that_loads(model_dir, tmp_path):
     assert ((w.reshape(-1, 4) != 0).sum(1) <= 2).all(), "2:4 pattern lost on save/load"
 
 
-@pytest.mark.parametrize("flags, order", [([], "off"), (["--act-order", "group"], "group"),
-                                          (["--act-order", "static"], "static")])
+@pytest.mark.parametrize("flags, order", [([], "static"), (["--act-order", "group"], "group"),
+                                          (["--act-order", "off"], "off")])
 def test_gptq_act_order_reaches_the_saved_settings(model_dir, tmp_path, flags, order):
     path, text = model_dir
     out = tmp_path / "gptq"

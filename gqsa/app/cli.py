@@ -70,8 +70,8 @@ def _add_compress(sub) -> None:
     p.add_argument("--clip-search", action="store_true",
                    help="baselines: search each group's range shrink too (gqsa does by default)")
     p.add_argument("--act-order", default=None, choices=["static", "group", "off"],
-                   help="gptq: column order (static: by decreasing Hessian diagonal, grids of the contiguous "
-                        "groups fixed up front; group: groups follow that order; off: left to right, the default)")
+                   help="gptq: column order (default static: by decreasing Hessian diagonal, grids of the "
+                        "contiguous groups fixed up front; group: groups follow that order; off: left to right)")
     p.add_argument("--skip", nargs="*", default=None, help=f"module names kept dense (default: {' '.join(d.skip)})")
     p.add_argument("--calib", default=DEFAULT_CALIBRATION_TEXT,
                    help="calibration text: builtin name, .txt/.jsonl/folder, or wikitext2/c4")

@@ -40,7 +40,7 @@ def test_weight_is_not_modified(layer):
 
 
 def test_act_order_defaults_and_old_bool_configs():
-    assert BaselineConfig("gptq").act_order == "off"
+    assert BaselineConfig("gptq").act_order == "static"
     assert BaselineConfig("sparsegpt", pattern="2:4").act_order == "off"
     assert BaselineConfig("gptq", act_order=True).act_order == "static"
     assert BaselineConfig("gptq", act_order=False).act_order == "off"
