@@ -84,15 +84,15 @@ def test_baseline_method_saves_a_dense_folder_that_loads(model_dir, tmp_path):
     assert ((w.reshape(-1, 4) != 0).sum(1) <= 2).all(), "2:4 pattern lost on save/load"
 
 
-@pytest.mark.parametrize("flags, order", [([], "static"), (["--act-order", "group"], "group"),
-                                          (["--act-order", "off"], "off")])
-def test_gptq_act_order_reaches_the_saved_settings(model_dir, tmp_path, flags, order):
+@pytest.mark.parametrize("flags, order, clip", [([], "static", True), (["--act-order", "group"], "group", True),
+                                                (["--act-order", "off", "--no-clip-search"], "off", False)])
+def test_gptq_act_order_reaches_the_saved_settings(model_dir, tmp_path, flags, order, clip):
     path, text = model_dir
     out = tmp_path / "gptq"
     assert main(["compress", str(path), str(out), "--method", "gptq", "--bits", "3", "--group-size", "32",
                  "--calib", str(text), "--nsamples", "2", "--seqlen", "16", "--device", "cpu", *flags]) == 0
     settings = json.loads((out / "gqsa_log.json").read_text())["settings"]
-    assert settings["act_order"] == order and settings["clip_search"] is False
+    assert settings["act_order"] == order and settings["clip_search"] is clip
 
 
 def test_eval_multiple_choice_file_and_report(model_dir, tmp_path, capsys):

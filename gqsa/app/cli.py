@@ -68,7 +68,7 @@ def _add_compress(sub) -> None:
     p.add_argument("--sym", action="store_true", help="symmetric quantization")
     p.add_argument("--no-clip-search", action="store_true", help="plain min-max ranges")
     p.add_argument("--clip-search", action="store_true",
-                   help="baselines: search each group's range shrink too (gqsa does by default)")
+                   help="rtn, sparsegpt: search each group's range shrink too (gqsa and gptq do by default)")
     p.add_argument("--act-order", default=None, choices=["static", "group", "off"],
                    help="gptq: column order (default static: by decreasing Hessian diagonal, grids of the "
                         "contiguous groups fixed up front; group: groups follow that order; off: left to right)")
@@ -199,7 +199,7 @@ def _compress_baseline(a: argparse.Namespace, device, dtype) -> int:
     from gqsa.app.workflow import compress_baseline_folder
     log = compress_baseline_folder(a.model, a.out, a.method, a.pattern, a.bits, a.group_size, a.sparsity, a.calib,
                                    a.nsamples, a.seqlen, device, dtype, a.seed, a.batch_size, a.overwrite,
-                                   sym=a.sym, clip_search=a.clip_search,
+                                   sym=a.sym, clip_search=True if a.clip_search else (False if a.no_clip_search else None),
                                    **({} if a.skip is None else {"skip": tuple(a.skip)}),
                                    **({} if a.act_order is None else {"act_order": a.act_order}))
     _table([("output", a.out), ("method", f"{a.method} {log['settings']}"),

@@ -44,6 +44,7 @@ def test_act_order_defaults_and_old_bool_configs():
     assert BaselineConfig("sparsegpt", pattern="2:4").act_order == "off"
     assert BaselineConfig("gptq", act_order=True).act_order == "static"
     assert BaselineConfig("gptq", act_order=False).act_order == "off"
+    assert BaselineConfig("gptq").clip_search is True and BaselineConfig("rtn").clip_search is False
     with pytest.raises(ValueError, match="act_order must be one of"):
         BaselineConfig("gptq", act_order="desc")
 
@@ -64,15 +65,15 @@ def test_group_act_order_groups_follow_the_hessian_order():
 def test_static_act_order_keeps_the_grids_of_the_original_weights():
     """"static": every group's scale/zero are RTN's on the original weights (fixed up front)."""
     W, acc = make_layer(n=32, k=256)
-    res = gptq_layer(W, acc, BaselineConfig("gptq", bits=3, group_size=64, act_order="static"))
-    rtn = rtn_layer(W, acc, BaselineConfig("rtn", bits=3, group_size=64))
+    res = gptq_layer(W, acc, BaselineConfig("gptq", bits=3, group_size=64, act_order="static", clip_search=True))
+    rtn = rtn_layer(W, acc, BaselineConfig("rtn", bits=3, group_size=64, clip_search=True))
     torch.testing.assert_close(res.scales, rtn.scales)
     torch.testing.assert_close(res.zeros, rtn.zeros)
 
 
 def test_clip_search_lowers_the_error_of_the_fixed_grids():
     W, acc = make_layer(n=64, k=256)
-    plain = BaselineConfig("gptq", bits=2, group_size=64, act_order="static")
+    plain = BaselineConfig("gptq", bits=2, group_size=64, act_order="static", clip_search=False)
     clip = BaselineConfig("gptq", bits=2, group_size=64, act_order="static", clip_search=True)
     r_plain, r_clip = gptq_layer(W, acc, plain), gptq_layer(W, acc, clip)
     assert not torch.equal(r_plain.scales, r_clip.scales)
