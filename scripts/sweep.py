@@ -297,7 +297,8 @@ def write_page(page: Path, runs: list[dict[str, Any]], report: Path, args: argpa
              "- Bits per weight: what a deployment stores for the compressed linears (embeddings and lm_head "
              "excluded, same for all): codes + fp16 scale + b-bit zero per group; unstructured masks as a "
              "1-bit/weight bitmap; 2:4 as 2 index bits per kept value (2:4 FP16 = 9 bits); gqsa: its packed "
-             "bytes (codes, int16 group index, fp16 scale, uint8 zero per kept group of 16, int32 row pointers).\n"
+             "bytes (codes, int16 group index, fp16 scale, uint8 zero per kept group of 16, int32 row pointers); "
+             "`gqsa/size.py`, section Bits accounting below.\n"
              f"- Device: {first['device']}; date {first['date']}; torch {first['torch']}. Command: "
              "`python scripts/sweep.py` (each run's own command line is in its log).\n")
     body = ["# Results: gqsa against RTN, GPTQ, SparseGPT and Wanda (SmolLM2-135M, CPU)\n\n",

@@ -2,6 +2,7 @@
 
 import json
 
+import pytest
 import torch
 
 from gqsa.app.cli import main
@@ -72,6 +73,17 @@ def test_baseline_method_saves_a_dense_folder_that_loads(model_dir, tmp_path):
     assert ((w.reshape(-1, 4) != 0).sum(1) <= 2).all(), "2:4 pattern lost on save/load"
 
 
+@pytest.mark.parametrize("flags, order, clip", [([], "static", True), (["--act-order", "group"], "group", True),
+                                                (["--act-order", "off", "--no-clip-search"], "off", False)])
+def test_gptq_act_order_reaches_the_saved_settings(model_dir, tmp_path, flags, order, clip):
+    path, text = model_dir
+    out = tmp_path / "gptq"
+    assert main(["compress", str(path), str(out), "--method", "gptq", "--bits", "3", "--group-size", "32",
+                 "--calib", str(text), "--nsamples", "2", "--seqlen", "16", "--device", "cpu", *flags]) == 0
+    settings = json.loads((out / "gqsa_log.json").read_text())["settings"]
+    assert settings["act_order"] == order and settings["clip_search"] is clip
+
+
 def test_eval_multiple_choice_file_and_report(model_dir, tmp_path, capsys):
     path, _ = model_dir
     tasks = tmp_path / "mc.jsonl"
@@ -108,3 +120,35 @@ def test_report_reads_what_compress_and_eval_write(model_dir, tmp_path):
     assert main(["report", str(out), *map(str, logs), "--out", str(tmp_path / "rep")]) == 0
     table = (tmp_path / "rep" / "report.md").read_text()
     assert "dense" in table and "packed" in table and "out" in table
+
+
+def test_info_and_logs_count_a_skipped_mlp_in_the_all_linears_figure(model_dir, tmp_path):
+    """The issue's case: a block's MLP kept dense is left out of bits_per_weight, but not out of
+    bits_per_weight_all_linears (16 bits each) nor the whole-model bytes."""
+    from gqsa.app.jobs import folder_info
+    path, text = model_dir
+    common = ["--calib", str(text), "--nsamples", "2", "--seqlen", "16", "--device", "cpu"]
+    full, skip = tmp_path / "full", tmp_path / "skip"
+    assert main(["compress", str(path), str(full), *common]) == 0
+    assert main(["compress", str(path), str(skip), *common, "--skip", "lm_head", "layers.1.mlp.gate_proj",
+                 "layers.1.mlp.up_proj", "layers.1.mlp.down_proj"]) == 0
+    a, b = folder_info(full), folder_info(skip)
+    assert a["skipped_layers"] == 0 and b["skipped_layers"] == 3
+    assert a["bits_per_weight_all_linears"] == pytest.approx(a["bits_per_weight"], abs=1e-3)
+    assert b["bits_per_weight_all_linears"] > b["bits_per_weight"] + 1
+    assert b["model_bytes"] > a["model_bytes"]
+    log = json.loads((skip / "gqsa_log.json").read_text())
+    assert log["bits_per_weight_all_linears"] == pytest.approx(b["bits_per_weight_all_linears"], abs=1e-3)
+    assert log["model_bytes"] == pytest.approx(b["model_bytes"], abs=1)
+
+
+def test_info_reads_a_baseline_folder(model_dir, tmp_path):
+    from gqsa.app.jobs import folder_info
+    path, text = model_dir
+    out = tmp_path / "gptq"
+    assert main(["compress", str(path), str(out), "--method", "gptq", "--bits", "3", "--group-size", "32",
+                 "--calib", str(text), "--nsamples", "2", "--seqlen", "16", "--device", "cpu"]) == 0
+    info = folder_info(out)
+    log = json.loads((out / "gqsa_log.json").read_text())
+    assert info["config"]["method"] == "gptq" and info["skipped_layers"] == 0
+    assert info["bits_per_weight"] == pytest.approx(3 + 19 / 32, abs=1e-3) == pytest.approx(log["bits_per_weight"])

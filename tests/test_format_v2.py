@@ -5,7 +5,15 @@ import pytest
 import torch
 
 from gqsa.format import dequantize, pack_layer
-from gqsa.format_v2 import SPAN_OCTAVES, from_v1, mask_keep, mask_words, pack_mask, to_v1, unpack_mask
+from gqsa.format_v2 import (
+    SPAN_OCTAVES,
+    from_v1,
+    mask_keep,
+    mask_words,
+    pack_mask,
+    to_v1,
+    unpack_mask,
+)
 
 
 def random_layer(n, k, g, bits, density, seed=0):

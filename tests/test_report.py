@@ -79,3 +79,17 @@ def test_a_text_without_any_finite_perplexity_gets_no_panel(tmp_path):
     md = make_report([a, b], tmp_path / "out")
     assert "| a | rtn |" in md.read_text()
     assert png_size(tmp_path / "out" / "ppl_vs_bits.png")[0] > 300
+
+
+def test_whole_model_columns_and_the_plot_axis(tmp_path):
+    from gqsa.app.run_report import bits_axis
+    a = write_run(tmp_path, "a", method="gptq", bits_per_weight=3.3, bits_per_weight_all_linears=3.9,
+                  model_bytes=3 * 2**20, ppl={"boolq": 20.0})
+    b = write_run(tmp_path, "b", method="fp16", bits_per_weight=16.0, ppl={"boolq": 18.0})
+    runs = [load_run(a), load_run(b)]
+    lines = render_table(runs).splitlines()
+    assert lines[0] == "| run | method | bits/weight | bits/weight all linears | model MiB | ppl boolq |"
+    assert lines[2] == "| a | gptq | 3.30 | 3.90 | 3.0 | 20.00 |"
+    assert lines[3] == "| b | fp16 | 16.00 | – | – | 18.00 |"
+    assert bits_axis(runs) == "bits_per_weight"  # b lacks the all-linears figure
+    assert bits_axis(runs[:1]) == "bits_per_weight_all_linears"

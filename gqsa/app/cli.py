@@ -67,6 +67,11 @@ def _add_compress(sub) -> None:
                         "sparsity*(1+r) in the last (same mean); 0 = uniform (default)")
     p.add_argument("--sym", action="store_true", help="symmetric quantization")
     p.add_argument("--no-clip-search", action="store_true", help="plain min-max ranges")
+    p.add_argument("--clip-search", action="store_true",
+                   help="rtn, sparsegpt: search each group's range shrink too (gqsa and gptq do by default)")
+    p.add_argument("--act-order", default=None, choices=["static", "group", "off"],
+                   help="gptq: column order (default static: by decreasing Hessian diagonal, grids of the "
+                        "contiguous groups fixed up front; group: groups follow that order; off: left to right)")
     p.add_argument("--skip", nargs="*", default=None, help=f"module names kept dense (default: {' '.join(d.skip)})")
     p.add_argument("--calib", default=DEFAULT_CALIBRATION_TEXT,
                    help="calibration text: builtin name, .txt/.jsonl/folder, or wikitext2/c4")
@@ -202,10 +207,12 @@ def _compress_baseline(a: argparse.Namespace, device, dtype) -> int:
     from gqsa.app.workflow import compress_baseline_folder
     log = compress_baseline_folder(a.model, a.out, a.method, a.pattern, a.bits, a.group_size, a.sparsity, a.calib,
                                    a.nsamples, a.seqlen, device, dtype, a.seed, a.batch_size, a.overwrite,
-                                   sym=a.sym, **({} if a.skip is None else {"skip": tuple(a.skip)}))
+                                   sym=a.sym, clip_search=True if a.clip_search else (False if a.no_clip_search else None),
+                                   **({} if a.skip is None else {"skip": tuple(a.skip)}),
+                                   **({} if a.act_order is None else {"act_order": a.act_order}))
     _table([("output", a.out), ("method", f"{a.method} {log['settings']}"),
-            ("bits per weight (convention in docs/results.md)", f"{log['bits_per_weight']:.3f}"),
-            ("time", f"{log['seconds']:.1f} s")])
+            ("bits per weight (compressed layers; gqsa.size)", f"{log['bits_per_weight']:.3f}"),
+            *_whole_model_rows(log), ("time", f"{log['seconds']:.1f} s")])
     return 0
 
 
@@ -215,11 +222,18 @@ def _print_compress_summary(log: dict, out: str) -> None:
     rows = [("output", out),
             ("size before", f"{orig * mb:.1f} MiB" if orig else "n/a"),
             ("size after", f"{log['compressed_bytes'] * mb:.1f} MiB"),
-            ("bits per weight (compressed layers)", f"{log['bits_per_weight']:.3f}")]
+            ("bits per weight (compressed layers)", f"{log['bits_per_weight']:.3f}"), *_whole_model_rows(log)]
     rows.append(("stages", ", ".join(log["stages"])))
     rows += [(f"time: {k}", f"{v:.1f} s") for k, v in log["times"].items()]
     rows.append(("peak memory", f"{log['stages']['oneshot']['peak_memory_bytes'] * mb:.0f} MiB"))
     _table(rows)
+
+
+def _whole_model_rows(log: dict) -> list[tuple[str, str]]:
+    """Bits over all block linears (skipped ones at 16) and whole-model bytes (docs/results.md, Bits accounting)."""
+    return [("bits per weight (all linears, skipped at 16)", f"{log['bits_per_weight_all_linears']:.3f}"),
+            ("whole model (embeddings, norms, head included)",
+             f"{log['model_bytes'] / 2**20:.1f} MiB, {log['bits_per_param']:.3f} bits per parameter")]
 
 
 def _table(rows: list[tuple[str, str]]) -> None:

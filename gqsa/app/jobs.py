@@ -12,12 +12,12 @@ from typing import Any
 import torch
 
 from gqsa.app.run_report import SCHEMA
-from gqsa.baselines.save import read_baseline
+from gqsa.baselines.save import baseline_config, read_baseline
 from gqsa.data import eval_tokens, load_texts
 from gqsa.eval.perplexity import perplexity
 from gqsa.eval.zeroshot import evaluate_mc, load_mc_tasks
 from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_model
-from gqsa.size import folder_bytes, model_stats
+from gqsa.size import accounting_summary, folder_bytes, model_stats
 
 
 def evaluate_perplexities(model_name: str, texts: list[str], seqlen: int, device: torch.device,
@@ -49,18 +49,20 @@ def evaluate_perplexities(model_name: str, texts: list[str], seqlen: int, device
 
 
 def describe_model(path: str, model: torch.nn.Module) -> dict[str, Any]:
-    """``method``, ``settings`` and ``bits_per_weight`` of a loaded model folder for the run log:
-    gqsa folders from their quantization_config and packed layers, baseline folders from their
-    ``gqsa_baseline`` entry, anything else as ``fp16`` (the dense reference) at 16 bits."""
+    """``method``, ``settings`` and the size accounting (:func:`gqsa.size.accounting_summary`:
+    ``bits_per_weight``, ``bits_per_weight_all_linears``, ``model_bytes``, ...) of a loaded
+    model folder for the run log: gqsa folders from their quantization_config and packed
+    layers, baseline folders from their ``gqsa_baseline`` entry, anything else as ``fp16``
+    (the dense reference, 16 bits)."""
     qc = getattr(model.config, "quantization_config", None)
     if isinstance(qc, dict) and qc.get("quant_method") == "gqsa":
         settings = {k: v for k, v in qc.items() if k not in ("quant_method", "layers")}
-        return {"method": "gqsa", "settings": settings, "bits_per_weight": model_stats(model)["bits_per_weight"]}
+        return {"method": "gqsa", "settings": settings, **accounting_summary(model_stats(model))}
     baseline = read_baseline(path) if Path(path).is_dir() else None
     if baseline:
-        return {"method": baseline.get("method", "baseline"), "settings": baseline,
-                "bits_per_weight": baseline["bits_per_weight"]}
-    return {"method": "fp16", "settings": {}, "bits_per_weight": 16.0}
+        stats = model_stats(model, baseline_config(baseline))
+        return {"method": baseline.get("method", "baseline"), "settings": baseline, **accounting_summary(stats)}
+    return {"method": "fp16", "settings": {}, **accounting_summary(model_stats(model)), "bits_per_weight": 16.0}
 
 
 def generate_text(model_name: str, prompt: str, max_new_tokens: int, device: torch.device, dtype: torch.dtype,
@@ -81,21 +83,33 @@ def generate_text(model_name: str, prompt: str, max_new_tokens: int, device: tor
 
 
 def folder_info(path: str | Path, verify: bool = True) -> dict[str, Any]:
-    """Bytes on disk, effective bits per weight, per-layer sparsity and the stages that ran;
-    ``verify``: check the weight files' sha256 first (``checksums`` says how many matched)."""
+    """Bytes on disk, the size accounting (:mod:`gqsa.size`: bits per weight of the compressed
+    linears and of all linears, whole-model bytes), per-layer sparsity and the stages that ran,
+    of a gqsa folder or a baseline folder; ``verify``: check the weight files' sha256 first
+    (``checksums`` says how many matched)."""
     from gqsa.hf import load, verify_checksums
     t = time.perf_counter()
     checked = verify_checksums(path) if verify else None
-    model = load(path, device="cpu", verify=False)
-    stats = model_stats(model)
+    baseline = read_baseline(path)
+    if baseline:
+        model = load_model(str(path), torch.device("cpu"), torch.float32, verify=False)
+        stats, config = model_stats(model, baseline_config(baseline)), baseline
+    else:
+        model = load(path, device="cpu", verify=False)
+        stats = model_stats(model)
+        config = {k: v for k, v in model.config.quantization_config.items() if k != "layers"}
     log = read_log(path)
     info = {"path": str(path), "bytes_on_disk": folder_bytes(path),
             "original_bytes": log.get("original_bytes"),
             "compressed_layers": stats["compressed_layers"],
             "bits_per_weight": round(stats["bits_per_weight"], 3),
+            "bits_per_weight_all_linears": round(stats["bits_per_weight_all_linears"], 3),
+            "model_bytes": round(stats["model_bytes"]),
+            "bits_per_param": round(stats["bits_per_param"], 3),
+            "skipped_layers": len(stats["skipped_layers"]),
             "mean_sparsity": round(stats["sparsity"], 4),
-            "config": {k: v for k, v in model.config.quantization_config.items() if k != "layers"},
-            "stages": list((model.config.quantization_config.get("stages") or {}).keys()),
+            "config": config,
+            "stages": list((config.get("stages") or {}).keys()),
             "checksums": "not checked" if checked is None else (f"{checked} files match" if checked else
                                                                   "none recorded"),
             "load_seconds": round(time.perf_counter() - t, 2), "layers": stats["layers"]}

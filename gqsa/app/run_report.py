@@ -17,7 +17,12 @@ key                 required  meaning
 ``method``          yes       ``fp16``, ``gqsa``, ``rtn``, ``gptq``, ``sparsegpt``, ``wanda``, ...
 ``settings``        no        the method's config (bits, group_size, sparsity, pattern, ...)
 ``bits_per_weight`` yes       effective bits per weight of the compressed linears
-                              (convention of :mod:`gqsa.baselines.bits`; 16 for fp16)
+                              (accounting of :mod:`gqsa.size`; 16 for fp16)
+``bits_per_weight_all_linears``  no  the same over every linear of the decoder blocks,
+                              skipped (dense) ones at 16 bits: the x axis of the plot when
+                              every run has it
+``model_bytes``     no        whole-model bytes (embeddings, norms, head and skipped layers
+                              included; :mod:`gqsa.size`)
 ``ppl``             yes       ``{text name: perplexity}`` (may be empty)
 ``accuracy``        no        ``{task: accuracy}`` or ``{task: {"acc": .., "acc_norm": .., "n": ..}}``
 ``decode``          no        ``{"tokens_per_s": float, "device": str, ...}``: a decode benchmark
@@ -76,11 +81,18 @@ def render_table(runs: list[dict[str, Any]], metric: str = "acc_norm") -> str:
     texts = _keys(runs, "ppl")
     tasks = _keys(runs, "accuracy")
     speed = any(r.get("decode") for r in runs)
-    head = (["run", "method", "bits/weight"] + [f"ppl {t}" for t in texts]
+    whole = any(r.get("bits_per_weight_all_linears") is not None for r in runs)
+    size = any(r.get("model_bytes") is not None for r in runs)
+    head = (["run", "method", "bits/weight"] + (["bits/weight all linears"] if whole else [])
+            + (["model MiB"] if size else []) + [f"ppl {t}" for t in texts]
             + [f"{t} {metric}" for t in tasks] + (["decode tok/s"] if speed else []))
     lines = ["| " + " | ".join(head) + " |", "|" + "|".join(["---"] * 2 + ["---:"] * (len(head) - 2)) + "|"]
     for r in runs:
         cells = [str(r["label"]), str(r["method"]), f"{r['bits_per_weight']:.2f}"]
+        if whole:
+            cells.append(_fmt(r.get("bits_per_weight_all_linears"), "{:.2f}"))
+        if size:
+            cells.append(_fmt(None if r.get("model_bytes") is None else r["model_bytes"] / 2**20, "{:.1f}"))
         cells += [_fmt_ppl(r["ppl"].get(t)) for t in texts]
         cells += [_fmt(accuracy_value(r["accuracy"][t], metric) if t in r.get("accuracy", {}) else None, "{:.3f}")
                   for t in tasks]
@@ -91,22 +103,32 @@ def render_table(runs: list[dict[str, Any]], metric: str = "acc_norm") -> str:
 
 
 def plot_ppl_vs_bits(runs: list[dict[str, Any]], path: Path) -> Path:
-    """PNG: perplexity (log) against bits per weight (log2), one panel per text, a colour per method."""
+    """PNG: perplexity (log) against bits per weight (log2; :func:`bits_axis`), one panel per text,
+    a colour per method."""
     texts = _finite_keys(runs, "ppl")
     if not texts:
         raise ValueError("no run has a finite perplexity to plot")
+    key = bits_axis(runs)
     fig, axes = _figure(len(texts))
     for ax, text in zip(axes, texts):
-        points = [(r["bits_per_weight"], r["ppl"][text], r) for r in runs if _finite(r["ppl"].get(text))]
+        points = [(r[key], r["ppl"][text], r) for r in runs if _finite(r["ppl"].get(text))]
         _scatter(ax, points)
         ax.set_xscale("log", base=2)
         lo, hi = min(p[0] for p in points), max(p[0] for p in points)
         ticks = [t for t in (2, 3, 4, 5, 6, 8, 12, 16) if 0.8 * lo <= t <= 1.25 * hi]
         ax.set_xticks(ticks, [str(t) for t in ticks])
-        ax.set_xlabel("effective bits per weight (compressed linears)")
+        ax.set_xlabel("bits per weight (all linears, skipped ones at 16)" if key != "bits_per_weight"
+                      else "effective bits per weight (compressed linears)")
         ax.set_title(f"perplexity on {text}")
     axes[0].set_ylabel("perplexity (log scale)")
     return _save(fig, axes, path)
+
+
+def bits_axis(runs: list[dict[str, Any]]) -> str:
+    """``bits_per_weight_all_linears`` when every run has it (skipped layers then count), else
+    ``bits_per_weight``."""
+    every = all(_finite(r.get("bits_per_weight_all_linears")) for r in runs)
+    return "bits_per_weight_all_linears" if every else "bits_per_weight"
 
 
 def plot_ppl_vs_speed(runs: list[dict[str, Any]], path: Path) -> Path | None:

@@ -20,7 +20,7 @@ from gqsa.data import DEFAULT_CALIBRATION_TEXT, calibration_windows, load_texts
 from gqsa.hf import save_compressed, verify_checksums
 from gqsa.loading import is_compressed, load_model, load_tokenizer, resolve_model
 from gqsa.models import find_blocks
-from gqsa.size import folder_bytes, model_stats
+from gqsa.size import accounting_summary, folder_bytes, model_stats
 from gqsa.streaming import skeleton
 
 
@@ -90,8 +90,7 @@ def compress_folder(model_name: str, out: str | Path, config: GQSAConfig, calib:
            "model": model_name, "source": str(source), "config": config.to_dict(),
            "calibration": {"source": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed},
            "device": str(device), "dtype": str(dtype).replace("torch.", ""), "streamed": stream,
-           "stages": report.stages,
-           "bits_per_weight": stats["bits_per_weight"], "packed_bytes": stats["packed_bytes"],
+           "stages": report.stages, **accounting_summary(stats),
            "original_bytes": folder_bytes(source) if Path(source).is_dir() else None,
            "layers": report.layers}
     t = time.perf_counter()
@@ -162,7 +161,7 @@ def compress_baseline_folder(model_name: str, out: str | Path, method: str, patt
     report = compress_method(model, method, pattern, bits, group_size, sparsity, ids, device=device,
                              batch_size=batch_size, **options)
     model.to(_source_dtype(source, dtype))
-    log = {"schema": SCHEMA, "method": method, "settings": report.settings(), "bits_per_weight": report.bits_per_weight,
+    log = {"schema": SCHEMA, "method": method, "settings": report.settings(), **accounting_summary(report.accounting),
            "ppl": {}, "date": date.today().isoformat(), "model": model_name, "source": str(source),
            "calibration": None if ids is None else {"source": calib, "nsamples": nsamples, "seqlen": seqlen, "seed": seed},
            "device": str(device), "seconds": report.seconds, "layers": report.layers}

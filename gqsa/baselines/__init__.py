@@ -8,7 +8,7 @@
 
 Modules: ``config`` (BaselineConfig), ``masks`` (N:M / per-row / per-block keep-masks),
 ``rtn``, ``obs`` (the lazy-batch OBS sweep shared by ``gptq`` and ``sparsegpt``), ``wanda``
-(and magnitude pruning), ``bits`` (bits-per-weight accounting), ``save`` (dense folders with
+(and magnitude pruning), ``bits`` (re-exports of gqsa.size, the accounting), ``save`` (dense folders with
 a ``gqsa_baseline`` entry), ``method`` (``compress_method``).
 """
 

@@ -18,11 +18,6 @@ from typing import Any
 import torch
 from torch import nn
 
-from gqsa.baselines.bits import (
-    BITS_CONVENTION,
-    baseline_bits_per_weight,
-    gqsa_bits_per_weight,
-)
 from gqsa.baselines.config import BaselineConfig
 from gqsa.baselines.gptq import gptq_layer
 from gqsa.baselines.rtn import rtn_layer
@@ -34,6 +29,7 @@ from gqsa.config import GQSAConfig
 from gqsa.hf import save_compressed
 from gqsa.models import find_blocks, find_linears
 from gqsa.pipeline import run_blocks
+from gqsa.size import BITS_CONVENTION, model_stats
 
 ALL_METHODS = ("gqsa", "rtn", "gptq", "sparsegpt", "wanda")
 SOLVERS = {"rtn": rtn_layer, "gptq": gptq_layer, "sparsegpt": sparsegpt_layer, "wanda": wanda_layer}
@@ -46,8 +42,10 @@ class MethodReport:
     """What one ``compress_method`` call did.
 
     ``config`` is the :class:`GQSAConfig` (gqsa) or :class:`BaselineConfig` that was run;
-    ``bits_per_weight`` follows :mod:`gqsa.baselines.bits`; ``layers`` holds the driver's
-    per-layer stats (name, shape, sparsity, rel_output_error, seconds).
+    ``bits_per_weight`` (compressed linears) and ``accounting`` (:func:`gqsa.size.model_stats`
+    without its per-layer list: whole-model bytes, bits over all linears, parts) follow
+    :mod:`gqsa.size`; ``layers`` holds the driver's per-layer stats (name, shape, sparsity,
+    rel_output_error, seconds).
     """
 
     method: str
@@ -55,6 +53,7 @@ class MethodReport:
     bits_per_weight: float
     layers: list[dict[str, Any]] = field(default_factory=list)
     seconds: float = 0.0
+    accounting: dict[str, Any] = field(default_factory=dict)
 
     def settings(self) -> dict[str, Any]:
         """The config as JSON-ready dict, with the method name."""
@@ -64,7 +63,8 @@ class MethodReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"method": self.method, "settings": self.settings(), "bits_per_weight": self.bits_per_weight,
-                "bits_convention": BITS_CONVENTION, "seconds": self.seconds, "layers": self.layers}
+                "bits_convention": BITS_CONVENTION, "accounting": self.accounting, "seconds": self.seconds,
+                "layers": self.layers}
 
 
 def make_config(method: str, pattern: str | None = None, bits: int | None = None, group_size: int | None = None,
@@ -111,12 +111,12 @@ def compress_method(model: nn.Module, method: str, pattern: str | None = None, b
     kw = {"device": device, "batch_size": batch_size, "progress": progress}
     if method == "gqsa":
         layers = compress(model, config, calib, **kw).layers
-        bpw = gqsa_bits_per_weight(model)
     else:
         layers = (rtn_in_place(model, config) if calib is None
                   else run_blocks(model, config, calib, solve=SOLVERS[method], dense=True, **kw).layers)
-        bpw = baseline_bits_per_weight(config, [tuple(s["shape"]) for s in layers])
-    return MethodReport(method, config, bpw, layers, time.perf_counter() - t0)
+    stats = model_stats(model, None if method == "gqsa" else config)
+    stats.pop("layers")
+    return MethodReport(method, config, stats["bits_per_weight"], layers, time.perf_counter() - t0, stats)
 
 
 @torch.no_grad()
@@ -144,5 +144,6 @@ def save_method(model: nn.Module, report: MethodReport, out: str | os.PathLike,
     if isinstance(report.config, GQSAConfig):
         return save_compressed(model, out, source=source, overwrite=overwrite, log=log)
     description = {**report.settings(), "bits_per_weight": report.bits_per_weight,
-                   "bits_convention": BITS_CONVENTION}
+                   "bits_per_weight_all_linears": report.accounting.get("bits_per_weight_all_linears"),
+                   "model_bytes": report.accounting.get("model_bytes"), "bits_convention": BITS_CONVENTION}
     return save_baseline(model, out, description, source=source, overwrite=overwrite, log=log)

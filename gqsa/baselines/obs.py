@@ -64,7 +64,8 @@ def obs_sweep(W: torch.Tensor, U: torch.Tensor, cfg: BaselineConfig, static: Sta
             keep[:, col:col + w.shape[1]] = nm_keep(w.pow(2) / d.pow(2), *cfg.nm)
         if cfg.quantized and static is None and col % cfg.group_size == 0:
             g = col // cfg.group_size
-            scales[:, g], zeros[:, g] = group_params(W1[:, i:i + cfg.group_size], cfg.bits, cfg.sym, False)
+            scales[:, g], zeros[:, g] = group_params(W1[:, i:i + cfg.group_size], cfg.bits, cfg.sym,
+                                                    cfg.clip_search)
         Q[:, col], codes[:, col] = _target(W1[:, i], keep[:, col], scales[:, groups[col]], zeros[:, groups[col]], cfg)
         return Q[:, col]
 

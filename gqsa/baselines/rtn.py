@@ -22,5 +22,5 @@ def rtn_layer(weight: torch.Tensor, acc, cfg: BaselineConfig) -> LayerResult:
 
     Same signature as the other per-layer solvers, so the pipeline can run it.
     """
-    codes, s, z, W_hat = rtn_quantize(weight.detach(), cfg.bits, cfg.group_size, cfg.sym)
+    codes, s, z, W_hat = rtn_quantize(weight.detach(), cfg.bits, cfg.group_size, cfg.sym, cfg.clip_search)
     return LayerResult(codes, s, z, torch.ones_like(W_hat, dtype=torch.bool), W_hat)

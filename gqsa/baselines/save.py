@@ -12,6 +12,7 @@ quantizer.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from pathlib import Path
@@ -19,6 +20,7 @@ from typing import Any
 
 from torch import nn
 
+from gqsa.baselines.config import BaselineConfig
 from gqsa.hf import save_pretrained_atomic
 
 CONFIG_KEY = "gqsa_baseline"
@@ -41,3 +43,10 @@ def read_baseline(path: str | os.PathLike) -> dict[str, Any] | None:
     if not cfg.exists():
         raise FileNotFoundError(f"{path} has no config.json: not a transformers model folder")
     return json.loads(cfg.read_text()).get(CONFIG_KEY)
+
+
+def baseline_config(description: dict[str, Any]) -> BaselineConfig:
+    """The :class:`BaselineConfig` of a ``gqsa_baseline`` entry (its other keys, the recorded
+    accounting, are left out)."""
+    names = {f.name for f in dataclasses.fields(BaselineConfig)}
+    return BaselineConfig(**{k: v for k, v in description.items() if k in names})

@@ -30,8 +30,9 @@ def group_of_columns(k: int, group_size: int) -> torch.Tensor:
     return torch.arange(k) // group_size
 
 
-def dequantize_result(res, group_size: int) -> torch.Tensor:
-    """Weight [N, K] rebuilt from a LayerResult's codes, per-group scales/zeros and keep mask."""
-    g = group_of_columns(res.codes.shape[1], group_size)
+def dequantize_result(res, group_size: int, g_idx: torch.Tensor | None = None) -> torch.Tensor:
+    """Weight [N, K] rebuilt from a LayerResult's codes, per-group scales/zeros and keep mask;
+    ``g_idx`` [K]: the group of each column (default column // group_size)."""
+    g = group_of_columns(res.codes.shape[1], group_size) if g_idx is None else g_idx
     w = (res.codes - res.zeros[:, g]) * res.scales[:, g]
     return torch.where(res.keep, w, 0.0)

@@ -2,20 +2,21 @@ import pytest
 import torch
 
 from gqsa.baselines import BaselineConfig, gptq_layer, rtn_layer
+from gqsa.baselines.gptq import group_index
 from gqsa.solver.prune_quant import output_error
 
 from .synthetic import dequantize_result, make_layer
 
 
 @pytest.mark.parametrize("bits, group_size", [(4, 128), (3, 128), (2, 64)])
-@pytest.mark.parametrize("act_order", [False, True])
+@pytest.mark.parametrize("act_order", ["off", "static", "group"])
 def test_gptq_beats_rtn_with_margin(layer, bits, group_size, act_order):
     W, acc = layer
     cfg = BaselineConfig("gptq", bits=bits, group_size=group_size, act_order=act_order)
     res = gptq_layer(W, acc, cfg)
     rtn = rtn_layer(W, acc, BaselineConfig("rtn", bits=bits, group_size=group_size))
     assert res.codes.min() >= 0 and res.codes.max() <= 2 ** bits - 1
-    torch.testing.assert_close(dequantize_result(res, group_size), res.weight)
+    torch.testing.assert_close(dequantize_result(res, group_size, group_index(acc.H, cfg)), res.weight)
     assert res.keep.all()
     e_gptq, e_rtn = output_error(W, res.weight, acc.H), output_error(W, rtn.weight, acc.H)
     assert e_gptq < 0.5 * e_rtn, (e_gptq, e_rtn)
@@ -36,3 +37,44 @@ def test_weight_is_not_modified(layer):
     before = W.clone()
     gptq_layer(W, acc, BaselineConfig("gptq", bits=2, group_size=64))
     assert torch.equal(W, before)
+
+
+def test_act_order_defaults_and_old_bool_configs():
+    assert BaselineConfig("gptq").act_order == "static"
+    assert BaselineConfig("sparsegpt", pattern="2:4").act_order == "off"
+    assert BaselineConfig("gptq", act_order=True).act_order == "static"
+    assert BaselineConfig("gptq", act_order=False).act_order == "off"
+    assert BaselineConfig("gptq").clip_search is True and BaselineConfig("rtn").clip_search is False
+    with pytest.raises(ValueError, match="act_order must be one of"):
+        BaselineConfig("gptq", act_order="desc")
+
+
+def test_group_act_order_groups_follow_the_hessian_order():
+    """With act_order="group" the columns of one group are the G with the largest H_ii, then the
+    next G, ...: not contiguous columns; with "static" they are."""
+    _, acc = make_layer(n=32, k=256)
+    cfg = BaselineConfig("gptq", bits=3, group_size=64, act_order="group")
+    g_idx = group_index(acc.H, cfg)
+    d = torch.diag(acc.H)
+    assert torch.equal(torch.bincount(g_idx), torch.full((4,), 64))
+    assert d[g_idx == 0].min() >= d[g_idx == 1].max()
+    static = BaselineConfig("gptq", bits=3, group_size=64, act_order="static")
+    assert torch.equal(group_index(acc.H, static), torch.arange(256) // 64)
+
+
+def test_static_act_order_keeps_the_grids_of_the_original_weights():
+    """"static": every group's scale/zero are RTN's on the original weights (fixed up front)."""
+    W, acc = make_layer(n=32, k=256)
+    res = gptq_layer(W, acc, BaselineConfig("gptq", bits=3, group_size=64, act_order="static", clip_search=True))
+    rtn = rtn_layer(W, acc, BaselineConfig("rtn", bits=3, group_size=64, clip_search=True))
+    torch.testing.assert_close(res.scales, rtn.scales)
+    torch.testing.assert_close(res.zeros, rtn.zeros)
+
+
+def test_clip_search_lowers_the_error_of_the_fixed_grids():
+    W, acc = make_layer(n=64, k=256)
+    plain = BaselineConfig("gptq", bits=2, group_size=64, act_order="static", clip_search=False)
+    clip = BaselineConfig("gptq", bits=2, group_size=64, act_order="static", clip_search=True)
+    r_plain, r_clip = gptq_layer(W, acc, plain), gptq_layer(W, acc, clip)
+    assert not torch.equal(r_plain.scales, r_clip.scales)
+    assert (r_clip.scales <= r_plain.scales + 1e-6).all()  # a clip only shrinks the range
