@@ -6,6 +6,7 @@ import pytest
 import torch
 import torch.multiprocessing as mp
 import tp_worker
+from safetensors.torch import load_file
 from tiny_models import VOCAB, calib_ids
 from transformers import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen2ForCausalLM
 
@@ -72,7 +73,7 @@ def test_tensor_parallel_logits_equal_one_process(saved, world_size, tmp_path):
     mp.start_processes(tp_worker.run, args=(world_size, _free_port(), str(path), ids, str(tmp_path)),
                        nprocs=world_size, start_method=method)
     for rank in range(world_size):
-        got = torch.load(tmp_path / f"logits{rank}.pt")
+        got = load_file(tmp_path / f"logits{rank}.safetensors")["logits"]
         torch.testing.assert_close(got, expected, rtol=RTOL, atol=ATOL)
 
 

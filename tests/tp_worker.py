@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import torch
 import torch.distributed as dist
+from safetensors.torch import save_file
 
 import gqsa.parallel
 
@@ -15,6 +16,6 @@ def run(rank: int, world_size: int, port: int, path: str, ids: torch.Tensor, out
     try:
         model = gqsa.parallel.load_tp(path, device="cpu", dtype=torch.float32)
         with torch.no_grad():
-            torch.save(model(ids).logits, f"{out}/logits{rank}.pt")
+            save_file({"logits": model(ids).logits.contiguous()}, f"{out}/logits{rank}.safetensors")
     finally:
         dist.destroy_process_group()
