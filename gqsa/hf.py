@@ -201,22 +201,32 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: tor
     Every packed layer is validated (:func:`gqsa.format.validate_packed`) and every weight of
     the model must come from the folder: anything missing or unexpected is a ValueError.
     """
+    model, qc, dtype, files = open_compressed(path, dtype, trust_remote_code, verify)
+    state = read_safetensors(files, str(device))
+    _check_kept_counts(qc, state)
+    load_state(model, state, dtype)
+    validate_layers(model)
+    model.config.quantization_config = qc
+    return model.eval()
+
+
+def open_compressed(path: str | os.PathLike, dtype: torch.dtype | None = None, trust_remote_code: bool = False,
+                    verify: bool = True) -> tuple[nn.Module, dict, torch.dtype, list[Path]]:
+    """The first steps of every load of a gqsa folder: its quantization_config (method and
+    version checked), its safetensors files (no pickles), their sha256 if ``verify``, and the
+    model skeleton on the meta device with empty GQSLinear layers. Returns (model, qc, the
+    dtype of the dense parts, the weight files)."""
     qc = read_quantization_config(path)
     files = weight_files(path)
     if verify:
         verify_checksums(path)
     config = AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
     config.quantization_config = None
-    dtype = dtype or _config_dtype(config)
+    dtype = dtype or config_dtype(config)
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config, dtype=dtype, trust_remote_code=trust_remote_code)
     replace_with_gqs_layers(model, qc, device="meta")
-    state = read_safetensors(files, str(device))
-    _check_kept_counts(qc, state)
-    _load_state(model, state, dtype)
-    validate_layers(model)
-    model.config.quantization_config = qc
-    return model.eval()
+    return model, qc, dtype, files
 
 
 def _check_kept_counts(qc: dict, state: dict[str, torch.Tensor]) -> None:
@@ -238,12 +248,12 @@ def validate_layers(model: nn.Module) -> None:
             validate_packed(m.packed(), name)
 
 
-def _config_dtype(config) -> torch.dtype:
+def config_dtype(config) -> torch.dtype:
     dtype = getattr(config, "dtype", None) or getattr(config, "torch_dtype", None) or torch.float16
     return getattr(torch, dtype) if isinstance(dtype, str) else dtype
 
 
-def _load_state(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
+def load_state(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
     """Assign saved tensors (floating dense ones cast to ``dtype``), tie weights, check completeness."""
     gqs_names = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, GQSLinear) for t in TENSOR_NAMES}
     state = {k: (v.to(dtype) if v.is_floating_point() and k not in gqs_names else v) for k, v in state.items()}

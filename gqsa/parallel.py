@@ -22,21 +22,14 @@ from __future__ import annotations
 import os
 import re
 from contextlib import ExitStack
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
 import torch.distributed._functional_collectives as funcol
 from safetensors import safe_open
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM
 
-from gqsa.hf import (
-    _config_dtype,
-    _load_state,
-    read_quantization_config,
-    replace_with_gqs_layers,
-)
+from gqsa.hf import load_state, open_compressed, validate_layers
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
 from gqsa.shard import read_colwise, read_rowwise, rowwise_groups, shard_range
@@ -82,29 +75,27 @@ def check_world_size(model: nn.Module, plan: dict[str, str], world_size: int) ->
 
 
 def load_shards(path: str | os.PathLike, rank: int, world_size: int, device: torch.device | str = "cpu",
-                dtype: torch.dtype | None = None, plan: dict[str, str] | None = None) -> nn.Module:
+                dtype: torch.dtype | None = None, plan: dict[str, str] | None = None,
+                verify: bool = True) -> nn.Module:
     """Rank ``rank``'s part of the compressed folder ``path``: the planned layers replaced by
     their shards, everything else whole. No communication: the all-reduces are wired by
-    :func:`load_tp`. ``dtype`` is that of the dense parts (default: the saved one)."""
-    qc = read_quantization_config(path)
-    config = AutoConfig.from_pretrained(path)
-    config.quantization_config = None
-    dtype = dtype or _config_dtype(config)
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype)
-    replace_with_gqs_layers(model, qc, device="meta")
+    :func:`load_tp`. ``dtype`` is that of the dense parts (default: the saved one). The folder
+    is checked as :func:`gqsa.load` checks it (``verify``: the sha256 of its weight files, read
+    whole by every rank) and every shard is validated."""
+    model, qc, dtype, weight_files = open_compressed(path, dtype, verify=verify)
     plan = resolve_plan(model) if plan is None else plan
     check_world_size(model, plan, world_size)
     with ExitStack() as stack:
         files = [stack.enter_context(safe_open(f, framework="pt", device=str(device)))
-                 for f in sorted(Path(path).glob("*.safetensors"))]
+                 for f in weight_files]
         where = {k: f for f in files for k in f.keys()}
         for name, style in plan.items():
             shard = _read_shard(model.get_submodule(name), style, where, name, rank, world_size, dtype)
             set_submodule(model, name, shard)
         planned = tuple(n + "." for n in plan)
         state = {k: f.get_tensor(k) for k, f in where.items() if not k.startswith(planned)}
-    _load_state(model, state, dtype)
+    load_state(model, state, dtype)
+    validate_layers(model)
     _split_heads(model, world_size)
     model.config.quantization_config = qc
     return model.eval()
@@ -161,7 +152,7 @@ def wire_all_reduce(model: nn.Module, plan: dict[str, str], group: dist.ProcessG
 
 
 def load_tp(path: str | os.PathLike, group=None, device: torch.device | str | None = None,
-            dtype: torch.dtype | None = None, plan: dict[str, str] | None = None) -> nn.Module:
+            dtype: torch.dtype | None = None, plan: dict[str, str] | None = None, verify: bool = True) -> nn.Module:
     """This rank's tensor-parallel model of the compressed folder ``path``.
 
     Args:
@@ -169,6 +160,7 @@ def load_tp(path: str | os.PathLike, group=None, device: torch.device | str | No
             process group must be initialized (:func:`init_distributed`).
         device: where this rank's shards go (default: ``cuda:LOCAL_RANK`` when CUDA is there, else cpu).
         plan: module name -> ``colwise``/``rowwise`` (default: :func:`resolve_plan`).
+        verify: check the folder's sha256 record (see :func:`load_shards`).
     Returns:
         the model; its forward gives the full logits on every rank.
     """
@@ -177,7 +169,7 @@ def load_tp(path: str | os.PathLike, group=None, device: torch.device | str | No
     group = group.get_group() if hasattr(group, "get_group") else (group or dist.group.WORLD)
     rank, world_size = dist.get_rank(group), dist.get_world_size(group)
     device = torch.device(device) if device is not None else default_device()
-    model = load_shards(path, rank, world_size, device, dtype, plan)
+    model = load_shards(path, rank, world_size, device, dtype, plan, verify)
     wire_all_reduce(model, resolve_plan(model) if plan is None else plan, group)
     return model
 

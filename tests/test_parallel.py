@@ -120,3 +120,17 @@ def test_layer_that_does_not_split_is_named(saved):
 def test_load_tp_needs_a_process_group(saved):
     with pytest.raises(ValueError, match="init_distributed"):
         parallel.load_tp(saved[0])
+
+
+def test_shards_are_checked_like_a_whole_load(saved, tmp_path):
+    """load_shards verifies the sha256 record and validates each shard, as gqsa.load does."""
+    import shutil
+    path, _, _ = saved
+    copy = tmp_path / "m"
+    shutil.copytree(path, copy)
+    (f,) = sorted(copy.glob("*.safetensors"))
+    data = bytearray(f.read_bytes())
+    data[-64:] = bytes(64)
+    f.write_bytes(bytes(data))
+    with pytest.raises(ValueError, match="sha256"):
+        parallel.load_shards(copy, rank=0, world_size=2, dtype=torch.float32)
