@@ -30,6 +30,7 @@ to the block's device and back, which changes no value.
 
 from __future__ import annotations
 
+import itertools
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Protocol
@@ -158,7 +159,7 @@ def run_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict, batch_size: 
 
 def block_device(block: nn.Module, default: torch.device | None = None) -> torch.device:
     """The device of a block's first parameter or buffer (``default`` when it has none)."""
-    first = next(iter(block.state_dict().values()), None)
+    first = next(itertools.chain(block.parameters(), block.buffers()), None)  # no state_dict built per call
     return default if first is None else first.device
 
 
