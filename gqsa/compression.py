@@ -2,7 +2,8 @@
 
 One-shot joint prune + quantize of every block (:func:`gqsa.pipeline.run_blocks`), then, as
 ``config`` asks, BQPO on each block right after its solve (``config.bqpo``) and E2E-OQP on the
-whole model (``config.e2e``). Finished blocks can be checkpointed and a run resumed. The config
+whole model (``config.e2e``); a non-uniform ``config.allocation`` first measures each linear's
+sparsity on the dense model (:mod:`gqsa.allocation`). Finished blocks can be checkpointed and a run resumed. The config
 is stored on the model (``model.config.quantization_config``), so ``gqsa.save_compressed(model,
 out)`` needs nothing more.
 
@@ -21,6 +22,7 @@ import torch
 from torch import nn
 
 from gqsa import streaming
+from gqsa.allocation import with_allocation
 from gqsa.config import GQSAConfig
 from gqsa.hf import quantization_dict
 from gqsa.pipeline import CompressReport, run_blocks
@@ -50,6 +52,7 @@ def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, *, train
     """
     home = next(model.parameters()).device
     device = torch.device(device) if device is not None else home
+    config = with_allocation(model, config, calib, device, batch_size, progress)
     teacher = copy.deepcopy(model) if config.e2e and config.e2e.distill else None  # the dense model, for E2E-OQP
     store = None
     if checkpoint is not None:
@@ -95,8 +98,9 @@ def compress_streamed(source: str | os.PathLike | TensorSource, config: GQSAConf
     model = streaming.skeleton(model_config, dtype)
     streaming.check_names(model, tensors)
     streaming.load_outside(model, tensors, dtype, "cpu")
-    store = BlockCheckpoint(checkpoint, run_fingerprint(model, config, calib), resume=resume)
     blocks = streaming.StreamedBlocks(model, tensors, dtype)
+    config = with_allocation(model, config, calib, device, batch_size, progress, blocks_source=blocks)
+    store = BlockCheckpoint(checkpoint, run_fingerprint(model, config, calib), resume=resume)
     fp = bool(config.bqpo and config.bqpo.fp_targets)
     hidden_on, pinned = streaming.place_hidden((*calib.shape, model.config.hidden_size), dtype, device, 3 + fp,
                                                streaming.block_reserve_bytes(model, dtype), progress)

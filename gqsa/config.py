@@ -18,6 +18,7 @@ CONFIG_VERSION = 1
 BALANCES = ("row", "layer")
 SALIENCIES = ("obs", "wanda")
 MASKS = ("adaptive", "static")
+ALLOCATIONS = ("uniform", "owl", "owl-linear")
 
 
 @dataclass(frozen=True)
@@ -168,6 +169,20 @@ class GQSAConfig:
             the mean over blocks (and, for equal blocks, the model's size) stays ``sparsity``.
             Early blocks are the most sensitive to group pruning (docs/oneshot.md). 0 (default):
             every block at ``sparsity``.
+        allocation: how the sparsity budget is spread over the linears. ``uniform`` (default):
+            every linear at ``sparsity``; ``owl``: each block's sparsity from its share of
+            outlier weights on the calibration data (OWL, Yin et al. 2024), more outliers ->
+            denser; ``owl-linear``: the same per linear (each projection its own). Both keep
+            exactly the uniform run's count of kept groups, so the size is unchanged
+            (:mod:`gqsa.allocation`). The result is written to ``layer_sparsity``.
+        allocation_strength: OWL's lambda: the sparsities span ``sparsity`` +- this.
+        layer_sparsity: per-linear sparsity by full module name (``model.layers.3.mlp.down_proj``),
+            overriding ``sparsity`` there; filled in by the allocation (so a saved folder says
+            what each layer got) or given by hand.
+        protect_ratio: r > 0 keeps, in every row, the groups of the input channels whose
+            calibration RMS is above r times the layer's median channel RMS (massive
+            activations, found from the data of each layer); they count against the row's
+            budget, so the size is unchanged. 0 (default): off.
     """
 
     group_size: int = 16
@@ -182,6 +197,10 @@ class GQSAConfig:
     clip_search: bool = True
     mask: str = "static"
     sparsity_ramp: float = 0.0
+    allocation: str = "uniform"
+    allocation_strength: float = 0.08
+    layer_sparsity: dict[str, float] | None = None
+    protect_ratio: float = 0.0
     bqpo: BQPOConfig | None = None
     e2e: E2EConfig | None = None
     version: int = field(default=CONFIG_VERSION)
@@ -209,6 +228,16 @@ class GQSAConfig:
         require(self.sparsity * (1 + self.sparsity_ramp) < 1.0,
                f"sparsity {self.sparsity} with sparsity_ramp {self.sparsity_ramp} would prune every group of "
                f"the last blocks (sparsity * (1 + ramp) must stay below 1)")
+        require(self.allocation in ALLOCATIONS, f"allocation must be one of {ALLOCATIONS}, got {self.allocation!r}")
+        require(isinstance(self.allocation_strength, (int, float)) and 0.0 <= self.allocation_strength < 0.5,
+                f"allocation_strength must be in [0, 0.5), got {self.allocation_strength!r}")
+        require(self.allocation == "uniform" or not self.sparsity_ramp,
+                f"allocation={self.allocation!r} chooses each layer's sparsity itself: leave sparsity_ramp at 0")
+        require(self.layer_sparsity is None or (isinstance(self.layer_sparsity, dict) and all(
+            isinstance(v, (int, float)) and 0.0 <= v < 1.0 for v in self.layer_sparsity.values())),
+                "layer_sparsity must map module names to sparsities in [0, 1)")
+        require(isinstance(self.protect_ratio, (int, float)) and (self.protect_ratio == 0 or self.protect_ratio > 1),
+                f"protect_ratio must be 0 (off) or above 1, got {self.protect_ratio!r}")
         require(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
         require(self.block_size > 0 and self.block_size % self.group_size == 0,
                f"block_size must be a positive multiple of group_size, got {self.block_size!r}")
@@ -222,12 +251,12 @@ class GQSAConfig:
         d["skip"] = list(self.skip)
         return {"quant_method": "gqsa", **d}
 
-    def for_oneshot(self) -> "GQSAConfig":
+    def for_oneshot(self) -> GQSAConfig:
         """This config without the training stages."""
         return dataclasses.replace(self, bqpo=None, e2e=None)
 
     @classmethod
-    def from_dict(cls, d: dict[str, Any]) -> "GQSAConfig":
+    def from_dict(cls, d: dict[str, Any]) -> GQSAConfig:
         """Inverse of :meth:`to_dict`; unknown keys raise a ValueError naming them."""
         d = {k: v for k, v in d.items() if k not in ("quant_method", "layers", "format_version", "stages")}
         known = {f.name for f in dataclasses.fields(cls)}
@@ -243,9 +272,15 @@ class GQSAConfig:
         t = 2.0 * index / (num_blocks - 1) - 1.0  # -1 at the first block, +1 at the last
         return float(self.sparsity * (1.0 + self.sparsity_ramp * t))
 
-    def for_block(self, index: int, num_blocks: int) -> "GQSAConfig":
+    def for_block(self, index: int, num_blocks: int) -> GQSAConfig:
         """This config with block ``index``'s sparsity and no ramp: what the layer solver sees."""
         return dataclasses.replace(self, sparsity=self.block_sparsity(index, num_blocks), sparsity_ramp=0.0)
+
+    def for_layer(self, name: str) -> GQSAConfig:
+        """This config with linear ``name``'s own sparsity, when ``layer_sparsity`` names it."""
+        if self.layer_sparsity and name in self.layer_sparsity:
+            return dataclasses.replace(self, sparsity=float(self.layer_sparsity[name]), sparsity_ramp=0.0)
+        return self
 
     def skips(self, name: str) -> bool:
         """True when module ``name`` stays dense."""

@@ -46,6 +46,7 @@ from gqsa.format import (
     tensor_bytes,
     unpack_codes,
 )
+from gqsa.layer import GQSLinear
 
 FORMAT_V2 = 2
 SPAN_OCTAVES = 6.0  # range of the scale grid below each row's largest scale
@@ -167,3 +168,19 @@ def to_v1(p: PackedGQSv2) -> PackedGQS:
     return PackedGQS(p.codes, col_idx, row_ptr, scales, zeros.to(torch.uint8), p.out_features, p.in_features,
                      p.group_size, p.bits)
 
+
+
+def roundtrip_model(model: torch.nn.Module) -> dict[str, float | int]:
+    """Put every GQSLinear of ``model`` through version 2 in place (:func:`from_v1`, then
+    :func:`to_v1`: the scales move onto v2's grid, all else is exact); returns the size
+    accounting of both versions over those layers."""
+    v1_bytes = v2_bytes = weights = clamped = 0
+    for m in model.modules():
+        if isinstance(m, GQSLinear):
+            p = m.packed()
+            v2, c = from_v1(p)
+            m.scales = to_v1(v2).scales
+            v1_bytes, v2_bytes, clamped = v1_bytes + p.nbytes(), v2_bytes + v2.nbytes(), clamped + c
+            weights += m.in_features * m.out_features
+    return {"v1_bits_per_weight": 8 * v1_bytes / max(weights, 1), "v2_bits_per_weight": 8 * v2_bytes / max(weights, 1),
+            "clamped_scales": clamped}

@@ -32,8 +32,9 @@ from __future__ import annotations
 
 import itertools
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any, Callable, Protocol
+from typing import Any, Protocol
 
 import torch
 from torch import nn
@@ -193,11 +194,13 @@ def compress_block(block: nn.Module, hidden: torch.Tensor, kwargs: dict, config:
     stats = []
     for name, lin in linears.items():
         t0 = time.perf_counter()
-        res = solve(lin.weight, accs[name], config)
+        layer_config = config.for_layer(f"{prefix}.{name}") if isinstance(config, GQSAConfig) else config
+        res = solve(lin.weight, accs[name], layer_config)
         err = output_error(lin.weight.detach().float(), res.weight, accs[name].H)
         info = install_layer(block, name, lin, res, config, dense)
         stats.append({"name": f"{prefix}.{name}", "shape": [lin.out_features, lin.in_features], **info,
-                      "rel_output_error": err, "seconds": time.perf_counter() - t0})
+                      "rel_output_error": err, "seconds": time.perf_counter() - t0,
+                      **({"protected_groups": res.protected} if getattr(res, "protected", 0) else {})})
         del accs[name]
     return stats, dense_out
 
@@ -289,7 +292,7 @@ def run_blocks(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device
     blocks_name, blocks = find_blocks(model)
     start = _first_block(start_block, checkpoint, fp_targets, len(blocks))
     job = _BlockJob(config, blocks_name, batch_size, solve, dense, after_block, checkpoint, len(blocks))
-    _move_outside(model, blocks, device)
+    move_outside(model, blocks, device)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     report = CompressReport()
@@ -309,7 +312,7 @@ def run_blocks(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device
                 blocks[i].to(home)
             else:
                 blocks_source.release(i, blocks[i])
-    _move_outside(model, blocks, home)
+    move_outside(model, blocks, home)
     report.seconds = time.perf_counter() - t0
     report.peak_memory_bytes = peak_memory(device)
     return report
@@ -364,7 +367,7 @@ def _compress_next(i: int, block: nn.Module, hidden: torch.Tensor, fp_hidden: to
     return run_block(block, hidden, kwargs, job.batch_size), next_fp
 
 
-def _move_outside(model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> None:
+def move_outside(model: nn.Module, blocks: nn.ModuleList, device: torch.device) -> None:
     """Move every parameter and buffer that is not inside a decoder block to ``device``."""
     inside = {id(m) for m in blocks.modules()}
     for m in model.modules():

@@ -17,24 +17,9 @@ import torch
 
 from gqsa.data import eval_tokens, load_texts
 from gqsa.eval.perplexity import perplexity
-from gqsa.format_v2 import SPAN_OCTAVES, from_v1, to_v1
+from gqsa.format_v2 import SPAN_OCTAVES, roundtrip_model
 from gqsa.hf import load
-from gqsa.layer import GQSLinear
 from gqsa.loading import load_tokenizer
-
-
-def reencode(model: torch.nn.Module) -> dict:
-    """Put every GQSLinear of ``model`` through version 2 in place; returns the size accounting."""
-    v1_bytes = v2_bytes = weights = clamped = 0
-    for m in model.modules():
-        if isinstance(m, GQSLinear):
-            p = m.packed()
-            v2, c = from_v1(p)
-            m.scales = to_v1(v2).scales
-            v1_bytes, v2_bytes, clamped = v1_bytes + p.nbytes(), v2_bytes + v2.nbytes(), clamped + c
-            weights += m.in_features * m.out_features
-    return {"v1_bits_per_weight": 8 * v1_bytes / weights, "v2_bits_per_weight": 8 * v2_bytes / weights,
-            "clamped_scales": clamped}
 
 
 def main() -> None:
@@ -50,11 +35,11 @@ def main() -> None:
     streams = {t: eval_tokens(tok, load_texts(t, "eval")) for t in a.texts}
     result = {"folder": a.folder, "span_octaves": SPAN_OCTAVES, "windows": a.windows, "seqlen": a.seqlen}
     model = load(a.folder, dtype=torch.float32)
-    ppl = lambda: {t: perplexity(model, s, seqlen=a.seqlen, max_windows=a.windows, progress=False)["ppl"]  # noqa: E731
+    ppl = lambda: {t: perplexity(model, s, seqlen=a.seqlen, max_windows=a.windows, progress=False)["ppl"]
                    for t, s in streams.items()}
     t0 = time.perf_counter()
     result["v1_ppl"] = ppl()
-    result.update(reencode(model))
+    result.update(roundtrip_model(model))
     result["v2_ppl"] = ppl()
     result["seconds"] = time.perf_counter() - t0
     print(json.dumps(result, indent=1))

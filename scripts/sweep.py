@@ -19,6 +19,7 @@ pay the reference's dequantization on every forward pass.
 from __future__ import annotations
 
 import argparse
+import copy
 import datetime
 import json
 import os
@@ -45,6 +46,7 @@ from gqsa.data import (
 from gqsa.eval.perplexity import perplexity
 from gqsa.eval.zeroshot import evaluate_mc, load_mc_tasks
 from gqsa.format import dequantize
+from gqsa.format_v2 import roundtrip_model
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
 
@@ -68,15 +70,40 @@ RUNS: list[tuple[str, str, str, dict[str, Any]]] = [
     ("gqsa-w4-s40", "GQSA W4 G16 S40%", "gqsa", dict(bits=4, group_size=16, sparsity=0.4)),
     ("gqsa-w4-s60", "GQSA W4 G16 S60%", "gqsa", dict(bits=4, group_size=16, sparsity=0.6)),
 ]
-# With --gpu also the training stages (hours on a CPU, minutes on an H200), at the budgets of GQSAConfig's
-# stage defaults (EfficientQAT's Block-AP / E2E-QP settings), E2E-OQP on the calibration windows.
-GPU_RUNS: list[tuple[str, str, str, dict[str, Any]]] = [
-    ("gqsa-w4-s50-stages", "GQSA W4 G16 S50% + BQPO + E2E-OQP", "gqsa",
-     dict(bits=4, group_size=16, sparsity=0.5, bqpo=BQPOConfig(), e2e=E2EConfig())),
-    ("gqsa-w4-s30-stages", "GQSA W4 G16 S30% + BQPO + E2E-OQP", "gqsa",
-     dict(bits=4, group_size=16, sparsity=0.3, bqpo=BQPOConfig(), e2e=E2EConfig())),
+# --gpu runs this plan instead (docs/results/gpu/): the baselines at their best settings and gqsa
+# with each lever of the accuracy issue switched on and off on the same data, most telling first.
+# gqsa's bits are format v2's (gqsa.format_v2, every tensor counted) and its scores are measured
+# after the v2 round trip of the solved layers; v1's bits and perplexity are logged beside them.
+_STAGES = dict(bqpo=BQPOConfig(), e2e=E2EConfig())
+_W4 = dict(bits=4, group_size=16)
+GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
+    ("fp16", "FP16 (dequantized Q4_1)", "fp16", {}),
+    ("gptq-w3-g128", "GPTQ W3 g128", "gptq", dict(bits=3, group_size=128)),
+    ("sparsegpt-2of4-w4", "SparseGPT 2:4 + W4 g128", "sparsegpt", dict(pattern="2:4", bits=4, group_size=128)),
+    ("gqsa-w4-s35-stages", "GQSA W4 G16 S35% + BQPO + E2E-OQP", "gqsa", dict(**_W4, sparsity=0.35, **_STAGES)),
+    ("gqsa-w4-s50-stages", "GQSA W4 G16 S50% + BQPO + E2E-OQP", "gqsa", dict(**_W4, sparsity=0.5, **_STAGES)),
+    ("gqsa-w4-s50", "GQSA W4 G16 S50%", "gqsa", dict(**_W4, sparsity=0.5)),
+    ("gqsa-w4-s50-owl", "GQSA W4 G16 S50% OWL allocation", "gqsa", dict(**_W4, sparsity=0.5, allocation="owl")),
+    ("gqsa-w4-s50-owl-linear", "GQSA W4 G16 S50% OWL per linear", "gqsa",
+     dict(**_W4, sparsity=0.5, allocation="owl-linear")),
+    ("gqsa-w4-s50-protect", "GQSA W4 G16 S50% protect 50x", "gqsa", dict(**_W4, sparsity=0.5, protect_ratio=50.0)),
+    ("gqsa-w4-s35", "GQSA W4 G16 S35%", "gqsa", dict(**_W4, sparsity=0.35)),
+    ("gptq-w4-g128", "GPTQ W4 g128", "gptq", dict(bits=4, group_size=128)),
+    ("gptq-w2-g64", "GPTQ W2 g64", "gptq", dict(bits=2, group_size=64)),
+    ("gqsa-w4-s50-g8", "GQSA W4 G8 S50%", "gqsa", dict(bits=4, group_size=8, sparsity=0.5)),
+    ("gqsa-w4-s35-stages-distill", "GQSA W4 G16 S35% + BQPO + E2E-OQP (KL distill)", "gqsa",
+     dict(**_W4, sparsity=0.35, bqpo=BQPOConfig(), e2e=E2EConfig(distill=1.0))),
+    ("gqsa-w4-s35-owl-stages", "GQSA W4 G16 S35% OWL + BQPO + E2E-OQP", "gqsa",
+     dict(**_W4, sparsity=0.35, allocation="owl", **_STAGES)),
+    ("gqsa-w3-s20", "GQSA W3 G16 S20%", "gqsa", dict(bits=3, group_size=16, sparsity=0.2)),
+    ("gqsa-w3-s20-stages", "GQSA W3 G16 S20% + BQPO + E2E-OQP", "gqsa",
+     dict(bits=3, group_size=16, sparsity=0.2, **_STAGES)),
+    ("gptq-w3-g64", "GPTQ W3 g64", "gptq", dict(bits=3, group_size=64)),
+    ("gqsa-w4-s50-g8-stages", "GQSA W4 G8 S50% + BQPO + E2E-OQP", "gqsa",
+     dict(bits=4, group_size=8, sparsity=0.5, **_STAGES)),
 ]
 # the order of the table: by family, then by size
+GPU_TABLE_ORDER = [r[0] for r in GPU_PLAN]
 TABLE_ORDER = ["fp16", "rtn-w4-g128", "gptq-w4-g128", "rtn-w3-g128", "gptq-w3-g128", "rtn-w2-g64", "gptq-w2-g64",
                "sparsegpt-50", "sparsegpt-2of4", "wanda-2of4", "sparsegpt-2of4-w4", "gqsa-w4-s20", "gqsa-w4-s30",
                "gqsa-w4-s40", "gqsa-w4-s50", "gqsa-w4-s60", "gqsa-w4-s30-stages", "gqsa-w4-s50-stages"]
@@ -101,7 +128,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpu", action="store_true",
                    help="the GPU protocol of the accuracy issue: --device cuda, 128 x 2048 calibration tokens, "
                         "32 windows x 1024 of boolq and squad, full PIQA and ARC-Easy/Challenge validation, "
-                        "1,000 HellaSwag items (explicit options after it still apply)")
+                        "first 500 items of PIQA, ARC-Easy/Challenge and HellaSwag, the run plan GPU_PLAN, logs in "
+                        "docs/results/gpu (explicit options after it still apply)")
     p.add_argument("--force", action="store_true", help="redo runs that already have a log")
     p.add_argument("--report-only", action="store_true", help="only rebuild the report and page from the logs")
     p.add_argument("--decode-json", type=Path, default=Path("docs/results/engine/decode.json"),
@@ -111,7 +139,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         given = set(argv if argv is not None else sys.argv[1:])
         preset = {"--device": ("device", "cuda"), "--nsamples": ("nsamples", 128), "--calib-seqlen": ("calib_seqlen", 2048),
                   "--texts": ("texts", ["boolq", "squad"]), "--windows": ("windows", 32),
-                  "--tasks": ("tasks", ["piqa", "arc_easy", "arc_challenge", "hellaswag"]), "--mc-items": ("mc_items", 1000)}
+                  "--tasks": ("tasks", ["piqa", "arc_easy", "arc_challenge", "hellaswag"]), "--mc-items": ("mc_items", 500),
+                  "--out": ("out", Path("docs/results/gpu")), "--page": ("page", Path("docs/results/gpu/README.md"))}
         for flag, (name, value) in preset.items():
             if flag not in given:
                 setattr(args, name, value)
@@ -156,6 +185,11 @@ def do_run(name: str, label: str, method: str, kw: dict[str, Any], data: dict[st
         errs = [s["rel_output_error"] for s in report.layers if "rel_output_error" in s]
         log.update(settings=report.settings(), bits_per_weight=report.bits_per_weight,
                    mean_rel_output_error=sum(errs) / len(errs) if errs else None)
+        if method == "gqsa":
+            log["layer_sparsity"] = model.config.quantization_config.get("layer_sparsity")
+        if method == "gqsa" and args.gpu:
+            log.update(v1_v2_accounting(model, data, args))
+            log["bits_per_weight"] = log["format_v2"]["v2_bits_per_weight"]
         densify(model)
     model.to(args.device)
     seconds = {"compress": time.perf_counter() - t0}
@@ -170,6 +204,19 @@ def do_run(name: str, label: str, method: str, kw: dict[str, Any], data: dict[st
                eval={"ppl_windows": {t: r["windows"] for t, r in ppl.items()}, "seqlen": args.seqlen},
                **provenance(args))
     return log
+
+
+def v1_v2_accounting(model: nn.Module, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Perplexity of the solved model as stored in v1, then every layer through format v2 in place
+    (:func:`gqsa.format_v2.roundtrip_model`): both sizes and the v1 perplexity, for the log."""
+    v1 = copy.deepcopy(model)
+    densify(v1)
+    v1.to(args.device)
+    ppl_v1 = {t: perplexity(v1, s, seqlen=args.seqlen, device=args.device, progress=False)["ppl"]
+              for t, s in data["streams"].items()}
+    del v1
+    sizes = roundtrip_model(model)
+    return {"format_v2": sizes, "bits_per_weight_v1": sizes["v1_bits_per_weight"], "ppl_v1": ppl_v1}
 
 
 def provenance(args: argparse.Namespace) -> dict[str, Any]:
@@ -243,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(smollm2_path())
     data = None if args.report_only else inputs(args, tokenizer)
     wanted = set(args.runs) if args.runs else None
-    for name, label, method, kw in [] if args.report_only else RUNS + (GPU_RUNS if args.gpu else []):
+    for name, label, method, kw in [] if args.report_only else (GPU_PLAN if args.gpu else RUNS):
         path = args.out / name / "run.json"
         if (wanted and name not in wanted) or (path.exists() and not args.force) or not claim(path.parent):
             continue
@@ -253,7 +300,7 @@ def main(argv: list[str] | None = None) -> None:
         (path.parent / CLAIM).unlink()
         print(f"{name}: {time.perf_counter() - t0:.0f} s, bits {log['bits_per_weight']:.2f}, ppl {log['ppl']}, "
               f"acc { {t: round(a['acc_norm'], 3) for t, a in log['accuracy'].items()} }", flush=True)
-    done = [args.out / n for n in TABLE_ORDER if (args.out / n / "run.json").exists()]
+    done = [args.out / n for n in (GPU_TABLE_ORDER if args.gpu else TABLE_ORDER) if (args.out / n / "run.json").exists()]
     if done:
         attach_decode(args.out, args.decode_json)
         report = make_report(done, args.out)

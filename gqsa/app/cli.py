@@ -65,6 +65,14 @@ def _add_compress(sub) -> None:
     p.add_argument("--sparsity-ramp", type=float, default=None,
                    help="gqsa: spread the sparsity over depth, from sparsity*(1-r) in the first block to "
                         "sparsity*(1+r) in the last (same mean); 0 = uniform (default)")
+    p.add_argument("--allocation", default=None, choices=["uniform", "owl", "owl-linear"],
+                   help="gqsa: spread the sparsity by each block's (owl) or each linear's (owl-linear) share of "
+                        "outlier weights on the calibration data, at the uniform run's size (default uniform)")
+    p.add_argument("--allocation-strength", type=float, default=None,
+                   help=f"gqsa: OWL's lambda, sparsities span sparsity +- this (default {d.allocation_strength})")
+    p.add_argument("--protect-ratio", type=float, default=None,
+                   help="gqsa: keep, in every row, the groups of input channels whose calibration RMS exceeds this "
+                        "many times the layer's median (massive activations); 0 = off (default)")
     p.add_argument("--sym", action="store_true", help="symmetric quantization")
     p.add_argument("--no-clip-search", action="store_true", help="plain min-max ranges")
     p.add_argument("--clip-search", action="store_true",
@@ -192,6 +200,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
         return _compress_baseline(a, device, pick_dtype(a.dtype, device))
     given = {"group_size": a.group_size, "sparsity": a.sparsity, "bits": a.bits, "balance": a.balance,
              "saliency": a.saliency, "mask": a.mask, "sparsity_ramp": a.sparsity_ramp,
+             "allocation": a.allocation, "allocation_strength": a.allocation_strength, "protect_ratio": a.protect_ratio,
              "skip": None if a.skip is None else tuple(a.skip)}
     config = GQSAConfig(sym=a.sym, clip_search=not a.no_clip_search, **_stage_configs(a),
                         **{k: v for k, v in given.items() if v is not None})

@@ -91,8 +91,10 @@ def run(shape: LlamaShape, blocks: int, bqpo: bool, nsamples: int, seqlen: int, 
     for rec in report.blocks:
         b = (rec.get("after_block") or {}).get("bqpo", {}).get("seconds", 0.0)
         i = rec["index"]
+        solve = {layer["name"].split(".", 3)[-1]: layer["seconds"] for layer in rec["layers"]}
         per_block.append({"index": i, "source_seconds": source.seconds.get(f"model.layers.{i}", 0.0),
                           "oneshot_seconds": rec["seconds"] - b, "bqpo_seconds": b,
+                          "solve_seconds": solve, "hessians_forward_seconds": rec["seconds"] - b - sum(solve.values()),
                           "packed_bytes": (work / "checkpoint" / f"block_{i:04d}.safetensors").stat().st_size})
     del model
     return {"shape": vars(shape), "blocks": blocks, "bqpo": bqpo, "nsamples": nsamples, "seqlen": seqlen,
@@ -176,6 +178,9 @@ def _print(result: dict) -> None:
     print("block     source s  one-shot s  bqpo s")
     for r in rows:
         print(f"{r[0]:<9} {r[1]:>8} {r[2]:>11} {r[3]:>7}")
+    last = m["per_block"][-1]
+    print("one-shot of the last block: Hessians + forwards {:.1f} s; solve {}".format(
+        last["hessians_forward_seconds"], ", ".join(f"{k} {v:.1f} s" for k, v in last["solve_seconds"].items())))
     gpu = "-" if m["peak_gpu_bytes"] is None else f"{m['peak_gpu_bytes'] / GiB:.1f} GiB"
     print(f"peak GPU memory {gpu}, peak RSS {m['peak_rss_bytes'] / GiB:.2f} GiB")
     for name, e in result["extrapolated"].items():

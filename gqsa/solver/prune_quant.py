@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from gqsa.solver.quant import dequantize_codes, group_params, quantize, rtn_quantize
-from gqsa.solver.saliency import obs_group_scores
+from gqsa.solver.saliency import obs_group_scores, protect_scores
 from gqsa.solver.sweep import lazy_obs_sweep
 
 
@@ -27,11 +27,12 @@ class LayerResult:
     zeros: torch.Tensor
     keep: torch.Tensor
     weight: torch.Tensor
+    protected: int = 0  # input groups kept in every row by the protection (GQSAConfig.protect_ratio)
 
 
 def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, group_size: int, bits: int,
                    sym: bool = False, clip_search: bool = True, block_size: int = 128,
-                   sparsity: float | None = None) -> LayerResult:
+                   sparsity: float | None = None, protect: torch.Tensor | None = None) -> LayerResult:
     """Jointly prune and quantize W [N, K] with error compensation.
 
     Args:
@@ -41,6 +42,8 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, 
             pruning exactly round(sparsity * K/G) groups of every row in all (the count of each
             lazy block is the difference of rounded cumulative counts), by the
             OBS group score on the already-updated weights (:func:`adaptive_block_keep`).
+        protect: [K/G] bool, groups the adaptive selection keeps in every row (a fixed mask
+            already holds them).
     Returns a :class:`LayerResult`.
     """
     n, k = W.shape
@@ -58,7 +61,8 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, 
         if adaptive:
             g1, g2 = i1 // group_size, i2 // group_size
             pruned = int(round(sparsity * g2)) - int(round(sparsity * g1))  # exact row total over blocks
-            blk = adaptive_block_keep(W1, U1, group_size, (g2 - g1) - pruned)
+            blk = adaptive_block_keep(W1, U1, group_size, (g2 - g1) - pruned,
+                                      None if protect is None else protect[g1:g2])
             keep[:, g1:g2] = blk
             keep_cols[:, i1:i2] = blk.repeat_interleave(group_size, dim=1)
 
@@ -77,16 +81,17 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, 
     return LayerResult(codes, scales, zeros, keep, out)
 
 
-def adaptive_block_keep(W1: torch.Tensor, U1: torch.Tensor, group_size: int, kept: int) -> torch.Tensor:
+def adaptive_block_keep(W1: torch.Tensor, U1: torch.Tensor, group_size: int, kept: int,
+                        protect: torch.Tensor | None = None) -> torch.Tensor:
     """Keep-mask [N, B/G] of one lazy block from the OBS group scores at this point.
 
     With columns before the block already fixed, the inverse Hessian of the remaining
     problem restricted to the block is U1^T U1 (U1 = the block's part of the Cholesky factor
     of H^-1, GPTQ sec. 3). Each group's cost is 1/2 w^T B^-1 w with B its G x G diagonal
     block and w the group's current (updated) weights (:func:`obs_group_scores`); every row keeps
-    ``kept`` groups.
+    ``kept`` groups, the ``protect`` ones [B/G] bool first.
     """
-    scores = obs_group_scores(W1, U1.T @ U1, group_size)
+    scores = protect_scores(obs_group_scores(W1, U1.T @ U1, group_size), protect)
     keep = torch.zeros_like(scores, dtype=torch.bool)
     return keep.scatter_(1, torch.topk(scores, kept, dim=1).indices, True)
 

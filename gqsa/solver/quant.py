@@ -41,16 +41,51 @@ def dequantize_codes(q: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -
 
 def group_params(w: torch.Tensor, bits: int, sym: bool, clip_search: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale/zero [R] for each row of w [R, G]; with clip_search, the range shrink in
-    CLIP_GRID that gives the smallest squared rounding error of that row."""
-    scale, zero = minmax_params(w, bits, sym)
+    CLIP_GRID that gives the smallest squared rounding error of that row (the first such
+    shrink on ties). On a GPU all shrinks are tried in one batch (:func:`clip_search_batched`:
+    a few kernel launches per group instead of a few per shrink); on the CPU one shrink at a
+    time (:func:`clip_search_loop`, faster there). Both give the same values."""
     if not clip_search:
-        return scale, zero
+        return minmax_params(w, bits, sym)
+    return (clip_search_batched if w.is_cuda else clip_search_loop)(w, bits, sym)
+
+
+def clip_search_loop(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clip search of :func:`group_params`, one shrink after another."""
+    scale, zero = minmax_params(w, bits, sym)
     best = (dequantize_codes(quantize(w, scale, zero, bits), scale, zero) - w).pow(2).sum(1)
     for shrink in CLIP_GRID[1:]:
         s, z = minmax_params(w, bits, sym, shrink)
         err = (dequantize_codes(quantize(w, s, z, bits), s, z) - w).pow(2).sum(1)
         better = err < best
         scale, zero, best = torch.where(better, s, scale), torch.where(better, z, zero), torch.minimum(err, best)
+    return scale, zero
+
+
+def clip_search_batched(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
+    """The clip search of :func:`group_params` with every shrink at once ([R, S, G] tensors)."""
+    shrink = torch.tensor(CLIP_GRID, dtype=w.dtype, device=w.device)
+    wg = w.unsqueeze(1).expand(-1, shrink.numel(), -1)
+    scale, zero = minmax_params_batched(w, bits, sym, shrink)  # [R, S]
+    q = torch.clamp(torch.round(wg / scale.unsqueeze(-1)) + zero.unsqueeze(-1), 0, (1 << bits) - 1)
+    err = ((q - zero.unsqueeze(-1)) * scale.unsqueeze(-1) - wg).pow(2).sum(-1)  # [R, S]
+    best = err.argmin(1, keepdim=True)  # the first minimum, as the loop's strict < keeps
+    return scale.gather(1, best).squeeze(1), zero.gather(1, best).squeeze(1)
+
+
+def minmax_params_batched(w: torch.Tensor, bits: int, sym: bool, shrink: torch.Tensor
+                          ) -> tuple[torch.Tensor, torch.Tensor]:
+    """:func:`minmax_params` of each row of w [R, G] at every shrink [S]: scale, zero [R, S]."""
+    maxq = (1 << bits) - 1
+    lo = torch.clamp(w.min(1).values, max=0).unsqueeze(1) * shrink
+    hi = torch.clamp(w.max(1).values, min=0).unsqueeze(1) * shrink
+    if sym:
+        hi = torch.maximum(lo.abs(), hi)
+        lo = -hi
+    flat = hi == lo
+    lo, hi = torch.where(flat, -torch.ones_like(lo), lo), torch.where(flat, torch.ones_like(hi), hi)
+    scale = ((hi - lo) / maxq).to(torch.float16).float().clamp_min(1e-7)
+    zero = torch.full_like(scale, (maxq + 1) // 2) if sym else torch.round(-lo / scale).clamp(0, maxq)
     return scale, zero
 
 

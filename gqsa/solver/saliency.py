@@ -40,6 +40,21 @@ def magnitude_group_scores(W: torch.Tensor, group_size: int) -> torch.Tensor:
     return W.reshape(W.shape[0], -1, group_size).pow(2).sum(-1)
 
 
+def protected_groups(sq_norm: torch.Tensor, n_tokens: int, ratio: float, group_size: int) -> torch.Tensor:
+    """Groups [K/G] bool holding an input channel whose calibration RMS exceeds ``ratio`` times
+    the median channel RMS of the layer (massive activations). sq_norm [K] float32: sum of x^2."""
+    rms = (sq_norm / max(n_tokens, 1)).sqrt()
+    hot = rms > ratio * rms.median().clamp_min(1e-30)
+    return hot.reshape(-1, group_size).any(1)
+
+
+def protect_scores(scores: torch.Tensor, protect: torch.Tensor | None) -> torch.Tensor:
+    """``scores`` [N, K/G] with the ``protect`` [K/G] groups raised above every other (kept first)."""
+    if protect is None or not bool(protect.any()):
+        return scores
+    return torch.where(protect.unsqueeze(0), torch.full_like(scores, float("inf")), scores)
+
+
 def select_groups(scores: torch.Tensor, sparsity: float, balance: str) -> torch.Tensor:
     """Bool keep-mask [N, K/G] that prunes exactly round(sparsity * count) groups.
 

@@ -15,18 +15,28 @@ from gqsa.solver.prune_quant import LayerResult, prune_quantize, round_to_neares
 from gqsa.solver.saliency import (
     magnitude_group_scores,
     obs_group_scores,
+    protect_scores,
+    protected_groups,
     select_groups,
     wanda_group_scores,
 )
 
 
-def choose_mask(W: torch.Tensor, acc: HessianAccumulator, Hinv: torch.Tensor, config: GQSAConfig) -> torch.Tensor:
-    """Keep-mask [N, K/G] from the configured saliency and balance."""
+def choose_mask(W: torch.Tensor, acc: HessianAccumulator, Hinv: torch.Tensor, config: GQSAConfig,
+                protect: torch.Tensor | None = None) -> torch.Tensor:
+    """Keep-mask [N, K/G] from the configured saliency and balance; ``protect`` [K/G] groups first."""
     if config.saliency == "obs":
         scores = obs_group_scores(W, Hinv, config.group_size)
     else:
         scores = wanda_group_scores(W, acc.sq_norm, config.group_size)
-    return select_groups(scores, config.sparsity, config.balance)
+    return select_groups(protect_scores(scores, protect), config.sparsity, config.balance)
+
+
+def protection(acc: HessianAccumulator, config: GQSAConfig) -> torch.Tensor | None:
+    """The groups [K/G] bool that ``config.protect_ratio`` keeps in every row, or None when off."""
+    if not config.protect_ratio:
+        return None
+    return protected_groups(acc.sq_norm, acc.n, config.protect_ratio, config.group_size)
 
 
 def solve_layer(weight: torch.Tensor, acc: HessianAccumulator, config: GQSAConfig) -> LayerResult:
@@ -39,10 +49,13 @@ def solve_layer(weight: torch.Tensor, acc: HessianAccumulator, config: GQSAConfi
     W[:, dead_inputs(acc.H)] = 0
     Hinv = damped_inverse(acc.H, config.damp)
     adaptive = config.mask == "adaptive"
-    keep = None if adaptive else choose_mask(W, acc, Hinv, config)
+    protect = protection(acc, config)
+    keep = None if adaptive else choose_mask(W, acc, Hinv, config, protect)
     U = inverse_cholesky_upper(Hinv)
-    return prune_quantize(W, U, keep, config.group_size, config.bits, config.sym, config.clip_search,
-                          config.block_size, sparsity=config.sparsity if adaptive else None)
+    res = prune_quantize(W, U, keep, config.group_size, config.bits, config.sym, config.clip_search,
+                         config.block_size, sparsity=config.sparsity if adaptive else None, protect=protect)
+    res.protected = 0 if protect is None else int(protect.sum())
+    return res
 
 
 def solve_layer_naive(weight: torch.Tensor, acc: HessianAccumulator, config: GQSAConfig) -> LayerResult:

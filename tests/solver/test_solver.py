@@ -138,3 +138,18 @@ def test_adaptive_mask_keeps_the_exact_row_sparsity_over_uneven_blocks(sparsity)
     acc.add_batch(x)
     res = solve_layer(torch.randn(8, 576), acc, GQSAConfig(sparsity=sparsity, mask="adaptive"))
     assert (res.keep.sum(1) == 36 - round(sparsity * 36)).all()
+
+
+@pytest.mark.parametrize("bits", [2, 3, 4, 8])
+@pytest.mark.parametrize("sym", [False, True])
+def test_batched_clip_search_equals_the_loop(bits, sym):
+    """The GPU path of group_params (all shrinks at once) picks exactly the loop's scale and zero."""
+    from gqsa.solver.quant import clip_search_batched, clip_search_loop
+
+    g = torch.Generator().manual_seed(bits * 2 + sym)
+    for _ in range(25):
+        w = torch.randn(96, 16, generator=g) * torch.rand(96, 1, generator=g) * 3
+        w[:4] = 0  # flat rows
+        w[4:8] = w[4:8].abs()  # one-signed rows
+        a, b = clip_search_loop(w, bits, sym), clip_search_batched(w, bits, sym)
+        assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])

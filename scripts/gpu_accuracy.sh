@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# The accuracy sweep of the real model on one GPU, in one device call (after scripts/gpu_assets.sh).
+#
+#   bash scripts/gpu_assets.sh stage2 && bash scripts/gpu_accuracy.sh [SECONDS] [WORKERS]
+#
+# Runs WORKERS (default 6) processes of `scripts/sweep.py --gpu` side by side for at most
+# SECONDS (default 450); they share the run list of sweep.GPU_PLAN (each run is claimed by one),
+# so a 135M model's launch-bound solves overlap on the GPU. Run logs go to /tmp/gqsa-assets/gpu_runs
+# (kept while the machine is warm: a next call continues the list, a killed run is redone) and
+# come back as $OUT/gpu_runs.tar.gz; unpack it into docs/results/gpu and rebuild the page here with
+# `python scripts/sweep.py --gpu --report-only`. Prints one line per finished run last.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+source scripts/gpu_assets.sh env
+SECONDS_MAX=${1:-450}
+WORKERS=${2:-6}
+RUNS=/tmp/gqsa-assets/gpu_runs
+OUT=${OUT:-bench_out}
+mkdir -p "$RUNS" "$OUT"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PYTHONPATH"
+nvidia-smi -L; date -u
+for w in $(seq 1 "$WORKERS"); do
+    timeout "$SECONDS_MAX" python3 scripts/sweep.py --gpu --threads 2 --out "$RUNS" --page "$RUNS/README.md" \
+        > "$RUNS/worker$w.log" 2>&1 &
+    sleep 2  # let each claim its first run before the next starts
+done
+wait
+grep -h -E "^[a-z0-9-]+: [0-9]+ s, bits" "$RUNS"/worker*.log
+grep -h -B2 -A12 "Traceback" "$RUNS"/worker*.log | tail -40
+tar -czf "$OUT/gpu_runs.tar.gz" -C "$RUNS" --exclude='worker*.log' --exclude='*.png' . 2>/dev/null
+tar -czf "$OUT/gpu_worker_logs.tar.gz" -C "$RUNS" $(cd "$RUNS" && ls worker*.log) 2>/dev/null
+echo "=== finished runs ($(ls "$RUNS"/*/run.json 2>/dev/null | wc -l) of the plan)"
+python3 - "$RUNS" <<'EOF'
+import json, sys, pathlib
+for p in sorted(pathlib.Path(sys.argv[1]).glob("*/run.json")):
+    r = json.loads(p.read_text())
+    v1 = r.get("ppl_v1")
+    print(f"{r['run']:<30} {r['bits_per_weight']:6.3f} bits  ppl " + " ".join(f"{t} {v:8.1f}" for t, v in r["ppl"].items())
+          + (f"  (v1 {r['bits_per_weight_v1']:.2f} bits: " + " ".join(f"{v:.1f}" for v in v1.values()) + ")" if v1 else ""))
+EOF
