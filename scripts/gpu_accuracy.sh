@@ -3,24 +3,29 @@
 #
 #   bash scripts/gpu_assets.sh stage2 && bash scripts/gpu_accuracy.sh [SECONDS] [WORKERS]
 #
-# Runs WORKERS (default 6) processes of `scripts/sweep.py --gpu` side by side for at most
+# Runs WORKERS (default 3) processes of `scripts/sweep.py --gpu` side by side for at most
 # SECONDS (default 450); they share the run list of sweep.GPU_PLAN (each run is claimed by one),
-# so a 135M model's launch-bound solves overlap on the GPU. Run logs go to /tmp/gqsa-assets/gpu_runs
+# so a 135M model's launch-bound solves overlap on the GPU. Processes share the GPU by time
+# slices, so more workers do not help much. Seen on an H200 (2026-12-02): a one-shot run with its
+# evaluation took about 140 s beside one other worker and 230 s beside five others, and with
+# six workers the GPTQ and SparseGPT runs did not finish within 440 s. Each run spends about
+# half its time in the multiple-choice evaluation. Run logs go to /tmp/gqsa-assets/gpu_runs
 # (kept while the machine is warm: a next call continues the list, a killed run is redone) and
 # come back as $OUT/gpu_runs.tar.gz; unpack it into docs/results/gpu and rebuild the page here with
 # `python scripts/sweep.py --gpu --report-only`. Prints one line per finished run last.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_assets.sh env
+set +e  # sourcing gpu_assets.sh turned on -e; a grep that finds nothing must not end the script
 SECONDS_MAX=${1:-450}
-WORKERS=${2:-6}
+WORKERS=${2:-3}
 RUNS=/tmp/gqsa-assets/gpu_runs
 OUT=${OUT:-bench_out}
 mkdir -p "$RUNS" "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PYTHONPATH"
 nvidia-smi -L; date -u
 for w in $(seq 1 "$WORKERS"); do
-    timeout "$SECONDS_MAX" python3 scripts/sweep.py --gpu --threads 2 --out "$RUNS" --page "$RUNS/README.md" \
+    timeout "$SECONDS_MAX" python3 scripts/sweep.py --gpu --threads 2 --out "$RUNS" \
         > "$RUNS/worker$w.log" 2>&1 &
     sleep 2  # let each claim its first run before the next starts
 done
