@@ -166,15 +166,35 @@ def block_device(block: nn.Module, default: torch.device | None = None) -> torch
 
 def _accumulate_hessians(block: nn.Module, linears: dict[str, nn.Linear], hidden: torch.Tensor,
                          kwargs: dict, batch_size: int) -> tuple[dict[str, HessianAccumulator], torch.Tensor]:
-    """Hessian accumulators of the block's linears, and the dense block's outputs."""
-    accs = {n: HessianAccumulator(m.in_features, m.weight.device) for n, m in linears.items()}
-    handles = [m.register_forward_hook(lambda _m, inp, _o, a=accs[n]: a.add_batch(inp[0].detach()))
-               for n, m in linears.items()]
+    """Hessian accumulators of the block's linears, and the dense block's outputs.
+
+    Linears that read the same input tensor (q/k/v, gate/up) share one accumulator: the same
+    sums, accumulated once (at 70B shape 0.16 of the block's 0.65 PFLOP of Hessian products).
+    """
+    accs: dict[str, HessianAccumulator] = {}
+    seen: dict[int, tuple[torch.Tensor, HessianAccumulator]] = {}  # this batch's inputs, held so ids stay unique
+
+    def hook(name: str, in_features: int, device: torch.device):
+        def add(_m, inp, _o) -> None:
+            x = inp[0].detach()
+            known = seen.get(id(inp[0]))
+            if known is not None and accs.setdefault(name, known[1]) is known[1]:
+                return  # this input is already in the shared accumulator
+            acc = accs.setdefault(name, HessianAccumulator(in_features, device))
+            acc.add_batch(x)
+            seen[id(inp[0])] = (inp[0], acc)
+        return add
+
+    handles = [m.register_forward_hook(hook(n, m.in_features, m.weight.device)) for n, m in linears.items()]
+    handles.append(block.register_forward_pre_hook(lambda *_: seen.clear()))  # a new batch
     try:
         outputs = run_block(block, hidden, kwargs, batch_size)
     finally:
         for h in handles:
             h.remove()
+        seen.clear()
+    for n, m in linears.items():  # a linear the forward never reached: an empty (all-dead) Hessian
+        accs.setdefault(n, HessianAccumulator(m.in_features, m.weight.device))
     return accs, outputs
 
 

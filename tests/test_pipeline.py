@@ -98,3 +98,30 @@ def test_block_kwargs_fit_any_batch():
     fitted = fit_batch(kw, 3)
     assert fitted["attention_mask"].shape[0] == 1 and fitted["position_embeddings"][1].shape[0] == 1
     assert fit_batch(kw, 4)["attention_mask"] is kw["attention_mask"] and fitted["use_cache"] is False
+
+
+def test_linears_reading_one_input_share_one_exact_hessian():
+    """q/k/v (and gate/up) read the same tensor: one accumulator, equal to accumulating alone."""
+    from tiny_models import tiny_model
+
+    from gqsa.models import find_blocks, find_linears
+    from gqsa.pipeline import _accumulate_hessians, capture_block_inputs
+    from gqsa.solver.hessian import HessianAccumulator
+
+    model = tiny_model("llama")
+    calib = torch.randint(0, 250, (6, 16), generator=torch.Generator().manual_seed(0))
+    _, blocks = find_blocks(model)
+    with torch.no_grad():
+        hidden, kwargs = capture_block_inputs(model, blocks[0], calib, torch.device("cpu"), 4)
+        linears = find_linears(blocks[0])
+        accs, _ = _accumulate_hessians(blocks[0], linears, hidden, kwargs, 4)
+        alone = HessianAccumulator(linears["self_attn.k_proj"].in_features)
+        h = linears["self_attn.k_proj"].register_forward_hook(lambda _m, inp, _o: alone.add_batch(inp[0]))
+        blocks[0](hidden[:4], **kwargs)
+        blocks[0](hidden[4:], **{k: v for k, v in kwargs.items()})
+        h.remove()
+    assert accs["self_attn.q_proj"] is accs["self_attn.k_proj"] is accs["self_attn.v_proj"]
+    assert accs["mlp.gate_proj"] is accs["mlp.up_proj"]
+    assert len({id(a) for a in accs.values()}) == 4
+    assert accs["self_attn.k_proj"].n == alone.n == 6 * 16
+    assert torch.equal(accs["self_attn.k_proj"].H, alone.H)
