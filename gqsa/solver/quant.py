@@ -15,17 +15,8 @@ CLIP_GRID = torch.linspace(1.0, 0.70, 16).tolist()
 
 def minmax_params(w: torch.Tensor, bits: int, sym: bool, shrink: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point [R] of each row of w [R, G] from its (shrunk) range."""
-    maxq = (1 << bits) - 1
-    lo = torch.clamp(w.min(1).values, max=0) * shrink
-    hi = torch.clamp(w.max(1).values, min=0) * shrink
-    if sym:
-        hi = torch.maximum(lo.abs(), hi)
-        lo = -hi
-    flat = hi == lo
-    lo, hi = torch.where(flat, -torch.ones_like(lo), lo), torch.where(flat, torch.ones_like(hi), hi)
-    scale = ((hi - lo) / maxq).to(torch.float16).float().clamp_min(1e-7)
-    zero = torch.full_like(scale, (maxq + 1) // 2) if sym else torch.round(-lo / scale).clamp(0, maxq)
-    return scale, zero
+    scale, zero = minmax_params_batched(w, bits, sym, torch.tensor([shrink], dtype=w.dtype, device=w.device))
+    return scale.squeeze(1), zero.squeeze(1)
 
 
 def quantize(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, bits: int) -> torch.Tensor:
@@ -75,7 +66,8 @@ def clip_search_batched(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Te
 
 def minmax_params_batched(w: torch.Tensor, bits: int, sym: bool, shrink: torch.Tensor
                           ) -> tuple[torch.Tensor, torch.Tensor]:
-    """:func:`minmax_params` of each row of w [R, G] at every shrink [S]: scale, zero [R, S]."""
+    """Scale and zero point of each row of w [R, G] from its range shrunk by each of ``shrink``
+    [S]: [R, S] each (float16-rounded scales, integer zeros; a flat row gets the range [-1, 1])."""
     maxq = (1 << bits) - 1
     lo = torch.clamp(w.min(1).values, max=0).unsqueeze(1) * shrink
     hi = torch.clamp(w.max(1).values, min=0).unsqueeze(1) * shrink
