@@ -198,7 +198,8 @@ def do_run(name: str, label: str, method: str, kw: dict[str, Any], data: dict[st
            for t, s in data["streams"].items()}
     seconds["perplexity"] = time.perf_counter() - t0
     t0 = time.perf_counter()
-    acc = {t: evaluate_mc(model, tokenizer, d, device=args.device, progress=False) for t, d in data["docs"].items()}
+    acc = {t: evaluate_mc(model, tokenizer, d, device=args.device, progress=False, batch_docs=16 if args.gpu else 8)
+           for t, d in data["docs"].items()}
     seconds["multiple_choice"] = time.perf_counter() - t0
     log.update(ppl={t: r["ppl"] for t, r in ppl.items()}, accuracy=acc, seconds=seconds,
                eval={"ppl_windows": {t: r["windows"] for t, r in ppl.items()}, "seqlen": args.seqlen},

@@ -132,6 +132,24 @@ def test_acc_and_acc_norm_on_handmade_docs(tiny_tokenizer):
     assert limited == {"acc": 0.5, "acc_norm": 0.5, "n": 2}
 
 
+def test_documents_batched_together_score_as_one_at_a_time(tiny_llama, tiny_tokenizer):
+    g = torch.Generator().manual_seed(0)
+    words = ["alpha", "be", "gamma delta", "e", "zeta eta theta", "iota"]
+    docs = [{"context": f"Context {i}: " + " ".join(words[j % 6] for j in range(i + 1)),
+             "choices": [words[(i + k) % 6] for k in range(2 + i % 3)],
+             "gold": int(torch.randint(0, 2, (1,), generator=g))} for i in range(11)]
+    one = evaluate_mc(tiny_llama, tiny_tokenizer, docs, progress=False, batch_docs=1)
+    for b in (3, 16):
+        assert evaluate_mc(tiny_llama, tiny_tokenizer, docs, progress=False, batch_docs=b) == one
+    requests = [(d["context"], " " + c) for d in docs for c in d["choices"]]
+    together = loglikelihoods(tiny_llama, tiny_tokenizer, requests)
+    for (context, continuation), (ll, greedy) in zip(requests, together):
+        single, single_greedy = loglikelihood(tiny_llama, tiny_tokenizer, context, continuation)
+        assert ll == pytest.approx(single, abs=1e-4) and greedy == single_greedy
+    with pytest.raises(ValueError, match="batch_docs"):
+        evaluate_mc(tiny_llama, tiny_tokenizer, docs, progress=False, batch_docs=0)
+
+
 def test_mc_jsonl_and_errors(tmp_path):
     path = tmp_path / "mc.jsonl"
     doc = {"context": "2+2=", "choices": ["4", "5"], "gold": 0}

@@ -60,6 +60,7 @@ def evaluate_mc(
     limit: int | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
+    batch_docs: int = 8,
 ) -> dict:
     """Zero-shot accuracy of a causal LM on multiple-choice documents.
 
@@ -70,6 +71,8 @@ def evaluate_mc(
         limit: score only the first this many documents.
         device: where inputs go; default: the device of the model's first parameter.
         progress: show a tqdm bar.
+        batch_docs: documents whose choices go through the model in one right-padded batch
+            (the same scores as one document at a time, up to float rounding of other shapes).
 
     Returns:
         ``{"acc", "acc_norm", "n"}``, the two accuracies as fractions of ``n`` documents.
@@ -77,14 +80,22 @@ def evaluate_mc(
     docs = docs[:limit] if limit is not None else docs
     if not docs:
         raise ValueError("no documents to evaluate")
+    if batch_docs < 1:
+        raise ValueError(f"batch_docs must be at least 1, got {batch_docs}")
     hits, hits_norm = 0, 0
-    for doc in tqdm(docs, desc="multiple choice", unit="doc", disable=not progress):
-        delimiter = doc.get("target_delimiter", " ")
-        requests = [(doc["context"], delimiter + choice) for choice in doc["choices"]]
-        lls = torch.tensor([ll for ll, _ in loglikelihoods(model, tokenizer, requests, device)])
-        lengths = torch.tensor([float(len(choice)) for choice in doc["choices"]])
-        hits += int(lls.argmax().item() == doc["gold"])
-        hits_norm += int((lls / lengths).argmax().item() == doc["gold"])
+    bar = tqdm(total=len(docs), desc="multiple choice", unit="doc", disable=not progress)
+    for start in range(0, len(docs), batch_docs):
+        chunk = docs[start:start + batch_docs]
+        requests = [(doc["context"], doc.get("target_delimiter", " ") + choice)
+                    for doc in chunk for choice in doc["choices"]]
+        scores = iter(ll for ll, _ in loglikelihoods(model, tokenizer, requests, device))
+        for doc in chunk:
+            lls = torch.tensor([next(scores) for _ in doc["choices"]])
+            lengths = torch.tensor([float(len(choice)) for choice in doc["choices"]])
+            hits += int(lls.argmax().item() == doc["gold"])
+            hits_norm += int((lls / lengths).argmax().item() == doc["gold"])
+        bar.update(len(chunk))
+    bar.close()
     return {"acc": hits / len(docs), "acc_norm": hits_norm / len(docs), "n": len(docs)}
 
 
@@ -120,10 +131,8 @@ def loglikelihoods(
         batch[row, : len(ids)] = torch.tensor(ids, dtype=torch.int64)
     with torch.inference_mode():
         logits = model(input_ids=batch.to(device)).logits
-    return [
-        _score(logits[row, len(ids) - len(cont) : len(ids)], cont)
-        for row, (ids, (_, cont)) in enumerate(zip(inputs, encoded))
-    ]
+        lls, greedy = _scores(logits, inputs, [cont for _, cont in encoded])
+    return list(zip(lls, greedy))
 
 
 def _encode_pair(tokenizer, context: str, continuation: str) -> tuple[list[int], list[int]]:
@@ -156,12 +165,23 @@ def _model_input(context: list[int], continuation: list[int], max_length: int | 
     return ids[:-1]
 
 
-def _score(logits: torch.Tensor, continuation: list[int]) -> tuple[float, bool]:
-    """``logits`` ``[C, V]`` at the positions that predict the ``C`` continuation tokens."""
-    logprobs = F.log_softmax(logits.float(), dim=-1)
-    targets = torch.tensor(continuation, device=logits.device)
-    ll = logprobs.gather(-1, targets[:, None]).sum().item()
-    return ll, bool((logprobs.argmax(-1) == targets).all().item())
+def _scores(logits: torch.Tensor, inputs: list[list[int]], continuations: list[list[int]]
+            ) -> tuple[list[float], list[bool]]:
+    """Summed log-probability and greedy match of each row's continuation.
+
+    ``logits`` [R, T, V]; row r's continuation (``continuations[r]``, C_r tokens) is predicted at
+    positions ``len(inputs[r]) - C_r`` up to ``len(inputs[r])``. One gather on the device and one
+    transfer for the whole batch."""
+    rows = torch.cat([torch.full((len(c),), r) for r, c in enumerate(continuations)]).to(logits.device)
+    pos = torch.cat([torch.arange(len(i) - len(c), len(i)) for i, c in zip(inputs, continuations)]).to(logits.device)
+    targets = torch.tensor([t for c in continuations for t in c], device=logits.device)
+    logprobs = F.log_softmax(logits[rows, pos].float(), dim=-1)  # [sum C_r, V]
+    token_ll = logprobs.gather(-1, targets[:, None]).squeeze(-1)
+    hit = (logprobs.argmax(-1) == targets).float()
+    n = len(continuations)
+    ll = torch.zeros(n, device=logits.device).index_add_(0, rows, token_ll)
+    misses = torch.zeros(n, device=logits.device).index_add_(0, rows, 1.0 - hit)
+    return ll.tolist(), (misses == 0).tolist()
 
 
 def _hellaswag_clean(text: str) -> str:
