@@ -46,7 +46,6 @@ from gqsa.format import (
     tensor_bytes,
     unpack_codes,
 )
-from gqsa.layer import GQSLinear
 
 FORMAT_V2 = 2
 SPAN_OCTAVES = 6.0  # range of the scale grid below each row's largest scale
@@ -170,17 +169,44 @@ def to_v1(p: PackedGQSv2) -> PackedGQS:
 
 
 
-def roundtrip_model(model: torch.nn.Module) -> dict[str, float | int]:
-    """Put every GQSLinear of ``model`` through version 2 in place (:func:`from_v1`, then
-    :func:`to_v1`: the scales move onto v2's grid, all else is exact); returns the size
-    accounting of both versions over those layers."""
-    v1_bytes = v2_bytes = weights = clamped = 0
-    for m in model.modules():
-        if isinstance(m, GQSLinear):
-            p = m.packed()
-            v2, c = from_v1(p)
-            m.scales = to_v1(v2).scales
-            v1_bytes, v2_bytes, clamped = v1_bytes + p.nbytes(), v2_bytes + v2.nbytes(), clamped + c
-            weights += m.in_features * m.out_features
-    return {"v1_bits_per_weight": 8 * v1_bytes / max(weights, 1), "v2_bits_per_weight": 8 * v2_bytes / max(weights, 1),
-            "clamped_scales": clamped}
+def v2_shapes(out_features: int, in_features: int, nnz: int, group_size: int, bits: int
+              ) -> dict[str, tuple[tuple[int, ...], torch.dtype]]:
+    """Shape and dtype of each stored version-2 tensor of a layer with ``nnz`` kept groups."""
+    groups = out_features * (in_features // group_size)
+    return {"codes": ((nnz, group_size * bits // 8), torch.uint8), "mask": ((math.ceil(groups / 8),), torch.uint8),
+            "row_scale": ((out_features,), torch.float16), "scale_codes": ((nnz,), torch.uint8),
+            "zeros": ((math.ceil(nnz / 8) * bits,), torch.uint8)}
+
+
+def validate_v2(p: PackedGQSv2, name: str = "layer") -> None:
+    """Raise a ValueError naming the layer unless ``p`` is a well-formed version-2 layer: every
+    tensor's dtype and shape, the mask's kept-group count against the codes, no mask bit past
+    the layer's groups, and finite positive row factors. (Column order and zero points are
+    exact by construction: the mask fixes the order, b-bit zeros cannot leave the grid.)"""
+    nnz = int(p.codes.shape[0]) if p.codes.dim() == 2 else -1
+    for t, (shape, dtype) in v2_shapes(p.out_features, p.in_features, nnz, p.group_size, p.bits).items():
+        got = getattr(p, t)
+        if got.dtype != dtype or tuple(got.shape) != shape:
+            raise ValueError(f"{name}: packed tensor {t!r} is {got.dtype} {tuple(got.shape)}, expected {dtype} {shape}")
+    groups = p.out_features * (p.in_features // p.group_size)
+    bits = ((p.mask.unsqueeze(-1) >> torch.arange(8, dtype=torch.uint8, device=p.mask.device)) & 1).reshape(-1)
+    if int(bits.sum()) != nnz or bool(bits[groups:].any()):
+        raise ValueError(f"{name}: the mask marks {int(bits[:groups].sum())} kept groups (and "
+                         f"{int(bits[groups:].sum())} past the layer's {groups}), but the codes hold {nnz}")
+    rs = p.row_scale.float()
+    if not bool((torch.isfinite(rs) & (rs > 0)).all()):
+        raise ValueError(f"{name}: a row scale factor is not a finite positive number")
+
+
+def to_stored(p: PackedGQS) -> dict[str, torch.Tensor]:
+    """The version-2 tensors a folder stores for a version-1 layer, by name."""
+    v2, _ = from_v1(p)
+    return {t: getattr(v2, t) for t in TENSOR_NAMES_V2}
+
+
+def from_stored(tensors: dict[str, torch.Tensor], out_features: int, in_features: int, group_size: int, bits: int,
+                name: str = "layer") -> PackedGQS:
+    """The version-1 layer (what the kernels and the reference read) of stored version-2 tensors, validated."""
+    v2 = PackedGQSv2(*(tensors[t] for t in TENSOR_NAMES_V2), out_features, in_features, group_size, bits)
+    validate_v2(v2, name)
+    return to_v1(v2)

@@ -26,7 +26,8 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM
 
 from gqsa.config import GQSAConfig
-from gqsa.format import FORMAT_VERSION, TENSOR_NAMES, validate_packed
+from gqsa.format import FORMAT_VERSION, SUPPORTED_FORMAT_VERSIONS, TENSOR_NAMES, validate_packed
+from gqsa.format_v2 import TENSOR_NAMES_V2, to_stored
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
 
@@ -36,11 +37,16 @@ TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_ma
                    "vocab.json", "merges.txt", "added_tokens.json", "generation_config.json", "chat_template.jinja")
 
 
-def quantization_dict(model: nn.Module, config: GQSAConfig, stages: dict[str, Any] | None = None) -> dict:
-    """The ``quantization_config`` entry: config, format version, per-layer kept-group counts."""
+def quantization_dict(model: nn.Module, config: GQSAConfig, stages: dict[str, Any] | None = None,
+                      version: int = 1) -> dict:
+    """The ``quantization_config`` entry: config, format version, per-layer kept-group counts.
+
+    ``version`` is that of the tensors the state dict it goes with holds: 1 for a model in memory
+    (so that transformers' own ``save_pretrained`` writes a valid version-1 folder), 2 in what
+    :func:`save_compressed` writes."""
     layers = {n: {"nnz": m.nnz, "bias": m.bias is not None}
               for n, m in model.named_modules() if isinstance(m, GQSLinear)}
-    return {**config.to_dict(), "format_version": FORMAT_VERSION, "layers": layers, "stages": stages or {}}
+    return {**config.to_dict(), "format_version": version, "layers": layers, "stages": stages or {}}
 
 
 def save_compressed(model: nn.Module, out: str | os.PathLike, source: str | os.PathLike | None = None,
@@ -53,20 +59,37 @@ def save_compressed(model: nn.Module, out: str | os.PathLike, source: str | os.P
     qc = getattr(model.config, "quantization_config", None)
     if not isinstance(qc, dict) or qc.get("quant_method") != "gqsa":
         raise ValueError("the model carries no gqsa quantization_config: compress it with gqsa.compress first")
-    model.config.quantization_config = quantization_dict(model, GQSAConfig.from_dict(qc), qc.get("stages"))
+    config, stages = GQSAConfig.from_dict(qc), qc.get("stages")
     files = {} if log is None else {"gqsa_log.json": json.dumps(log, indent=2, default=str)}
-    return save_pretrained_atomic(model, out, source, overwrite, max_shard_size, files)
+    model.config.quantization_config = quantization_dict(model, config, stages, FORMAT_VERSION)
+    try:
+        return save_pretrained_atomic(model, out, source, overwrite, max_shard_size, files, stored_state(model))
+    finally:  # the model in memory holds version-1 tensors
+        model.config.quantization_config = quantization_dict(model, config, stages)
+
+
+def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
+    """``model``'s state dict as a folder stores it: every GQSLinear's version-1 tensors replaced
+    by its version-2 ones (:func:`gqsa.format_v2.to_stored`; the scales move onto v2's grid)."""
+    state = model.state_dict()
+    for name, m in model.named_modules():
+        if isinstance(m, GQSLinear):
+            for t in TENSOR_NAMES:
+                del state[f"{name}.{t}"]
+            state.update({f"{name}.{t}": v.contiguous() for t, v in to_stored(m.packed()).items()})
+    return state
 
 
 def save_pretrained_atomic(model: nn.Module, out: str | os.PathLike, source: str | os.PathLike | None = None,
                            overwrite: bool = False, max_shard_size: str = "2GB",
-                           files: dict[str, str] | None = None) -> Path:
+                           files: dict[str, str] | None = None, state_dict: dict | None = None) -> Path:
     """``model.save_pretrained(out)`` that never leaves a half-written folder.
 
     Everything is written into a temporary folder beside ``out`` and renamed into place
     at the end, so an interrupted save leaves no folder at ``out``. Tokenizer and
     generation files are copied from ``source`` (the original model folder) when given;
-    ``files`` (name -> text) are written beside the weights.
+    ``files`` (name -> text) are written beside the weights; ``state_dict``, if given, is
+    saved instead of the model's own.
     """
     out = Path(out)
     if out.exists() and not overwrite:
@@ -74,7 +97,7 @@ def save_pretrained_atomic(model: nn.Module, out: str | os.PathLike, source: str
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
     try:
-        model.save_pretrained(tmp, max_shard_size=max_shard_size)
+        model.save_pretrained(tmp, max_shard_size=max_shard_size, state_dict=state_dict)
         (tmp / CHECKSUMS).write_text(json.dumps({f.name: _sha256(f) for f in sorted(tmp.glob("*.safetensors"))},
                                                 indent=2))
         _copy_tokenizer_files(source, tmp)
@@ -175,19 +198,23 @@ def read_quantization_config(path: str | os.PathLike) -> dict:
 def check_format_version(qc: dict) -> None:
     """Raise a clear error for a packed-format version this gqsa cannot read."""
     version = qc.get("format_version")
-    if version != FORMAT_VERSION:
-        raise ValueError(f"gqsa format version {version} is not supported (this gqsa reads version "
-                         f"{FORMAT_VERSION}); re-compress the model or install a matching gqsa")
+    if version not in SUPPORTED_FORMAT_VERSIONS:
+        raise ValueError(f"gqsa format version {version} is not supported (this gqsa reads versions "
+                         f"{', '.join(map(str, SUPPORTED_FORMAT_VERSIONS))}); re-compress the model or install a "
+                         f"matching gqsa")
 
 
 def replace_with_gqs_layers(model: nn.Module, qc: dict, device: torch.device | str | None = None) -> None:
-    """Swap the nn.Linear layers named in ``qc['layers']`` for empty GQSLinear layers."""
-    G, bits = qc["group_size"], qc["bits"]
+    """Swap the nn.Linear layers named in ``qc['layers']`` for empty GQSLinear layers holding the
+    tensors of the folder's format version (version 2: expand them after loading,
+    :func:`expand_layers`)."""
+    G, bits, storage = qc["group_size"], qc["bits"], qc["format_version"]
     dtype = getattr(model.config, "dtype", None) or torch.float16
     dtype = getattr(torch, dtype) if isinstance(dtype, str) else dtype
     for name, info in qc["layers"].items():
         lin = model.get_submodule(name)
-        new = GQSLinear(lin.in_features, lin.out_features, info["nnz"], G, bits, info["bias"], dtype, device=device)
+        new = GQSLinear(lin.in_features, lin.out_features, info["nnz"], G, bits, info["bias"], dtype, device=device,
+                        storage=storage)
         set_submodule(model, name, new)
 
 
@@ -205,8 +232,9 @@ def load(path: str | os.PathLike, device: torch.device | str = "cpu", dtype: tor
     state = read_safetensors(files, str(device))
     _check_kept_counts(qc, state)
     load_state(model, state, dtype)
+    expand_layers(model)
     validate_layers(model)
-    model.config.quantization_config = qc
+    model.config.quantization_config = {**qc, "format_version": 1}  # what its state dict now holds
     return model.eval()
 
 
@@ -232,13 +260,20 @@ def open_compressed(path: str | os.PathLike, dtype: torch.dtype | None = None, t
 def _check_kept_counts(qc: dict, state: dict[str, torch.Tensor]) -> None:
     """config.json's kept-group count of each layer against the stored tensors' shapes."""
     for name, info in qc["layers"].items():
-        stored = state.get(f"{name}.col_idx")
+        stored = state.get(f"{name}.codes")
         if stored is None:
             raise ValueError(f"{name}: the weight files hold no packed tensors for this layer "
                              f"(config.json lists it as compressed)")
         if stored.shape[0] != info["nnz"]:
             raise ValueError(f"{name}: config.json says {info['nnz']} kept groups, the weight files hold "
                              f"{stored.shape[0]}: config.json and the weights do not belong together")
+
+
+def expand_layers(model: nn.Module) -> None:
+    """:meth:`GQSLinear.expand_storage` on every layer loaded from a version-2 folder."""
+    for name, m in model.named_modules():
+        if isinstance(m, GQSLinear):
+            m.expand_storage(name)
 
 
 def validate_layers(model: nn.Module) -> None:
@@ -255,7 +290,8 @@ def config_dtype(config) -> torch.dtype:
 
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
     """Assign saved tensors (floating dense ones cast to ``dtype``), tie weights, check completeness."""
-    gqs_names = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, GQSLinear) for t in TENSOR_NAMES}
+    gqs_names = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, GQSLinear)
+                 for t in TENSOR_NAMES + TENSOR_NAMES_V2}
     state = {k: (v.to(dtype) if v.is_floating_point() and k not in gqs_names else v) for k, v in state.items()}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)

@@ -19,7 +19,7 @@ from transformers.quantizers.auto import (
 from transformers.quantizers.base import HfQuantizer
 from transformers.utils.quantization_config import QuantizationConfigMixin
 
-from gqsa.hf import check_format_version, replace_with_gqs_layers, validate_layers
+from gqsa.hf import check_format_version, expand_layers, replace_with_gqs_layers, stored_state, validate_layers
 
 
 class GQSAQuantizationConfig(QuantizationConfigMixin):
@@ -52,8 +52,13 @@ class GQSAHfQuantizer(HfQuantizer):
         return model
 
     def _process_model_after_weight_loading(self, model, **kwargs):
+        expand_layers(model)
         validate_layers(model)
         return model
+
+    def get_state_dict_and_metadata(self, model):
+        """``save_pretrained`` writes the version-2 tensors (the layers hold version 1 in memory)."""
+        return stored_state(model), {}
 
     def is_serializable(self) -> bool:
         return True

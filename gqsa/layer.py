@@ -1,9 +1,11 @@
 """GQSLinear: an nn.Module holding one layer in the packed GQS format.
 
-It replaces an ``nn.Linear`` inside a transformers model. Its state dict holds the
-packed tensors of :mod:`gqsa.format` (``codes``, ``col_idx``, ``row_ptr``, ``scales``,
-``zeros``, optional ``bias``), so saving and loading go through safetensors as for any
-module. The forward pass dispatches on device: the pure-PyTorch reference on CPU, the
+It replaces an ``nn.Linear`` inside a transformers model. In memory it holds the packed
+tensors of :mod:`gqsa.format` version 1 (``codes``, ``col_idx``, ``row_ptr``, ``scales``,
+``zeros``, optional ``bias``), which the kernels read; its state dict is those. Folders store
+version 2 (:mod:`gqsa.format_v2`): :func:`gqsa.hf.save_compressed` writes it, and a layer built
+for loading one (``storage=2``) holds the stored tensors until :meth:`GQSLinear.expand_storage`
+turns them into version 1. The forward pass dispatches on device: the pure-PyTorch reference on CPU, the
 GPU kernels (when present) on CUDA.
 """
 
@@ -12,7 +14,8 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from gqsa.format import FORMAT_VERSION, TENSOR_NAMES, PackedGQS, check_shape
+from gqsa.format import TENSOR_NAMES, PackedGQS, check_shape
+from gqsa.format_v2 import TENSOR_NAMES_V2, from_stored, from_v1, to_v1, v2_shapes
 from gqsa.kernels.plan import PLAN_TENSORS, KernelPlan, build_plan
 
 
@@ -25,22 +28,31 @@ class GQSLinear(nn.Module):
         group_size, bits: G and b.
         bias: whether the layer has a bias.
         dtype: dtype of the bias.
+        storage: 1 (default): the version-1 buffers the kernels read. 2: empty buffers of the
+            version-2 tensors a folder stores, to be loaded into and then expanded
+            (:meth:`expand_storage`); such a layer cannot run before that.
     """
 
-    format_version = FORMAT_VERSION
-
     def __init__(self, in_features: int, out_features: int, nnz: int, group_size: int = 16, bits: int = 4,
-                 bias: bool = False, dtype: torch.dtype = torch.float16, device: torch.device | str | None = None):
+                 bias: bool = False, dtype: torch.dtype = torch.float16, device: torch.device | str | None = None,
+                 storage: int = 1):
         super().__init__()
         check_shape(out_features, in_features, group_size)
         self.in_features, self.out_features = in_features, out_features
         self.group_size, self.bits = group_size, bits
         kw = {"device": device}
-        self.register_buffer("codes", torch.zeros(nnz, group_size * bits // 8, dtype=torch.uint8, **kw))
-        self.register_buffer("col_idx", torch.zeros(nnz, dtype=torch.int16, **kw))
-        self.register_buffer("row_ptr", torch.zeros(out_features + 1, dtype=torch.int32, **kw))
-        self.register_buffer("scales", torch.ones(nnz, dtype=torch.float16, **kw))
-        self.register_buffer("zeros", torch.zeros(nnz, dtype=torch.uint8, **kw))
+        if storage == 1:
+            self.register_buffer("codes", torch.zeros(nnz, group_size * bits // 8, dtype=torch.uint8, **kw))
+            self.register_buffer("col_idx", torch.zeros(nnz, dtype=torch.int16, **kw))
+            self.register_buffer("row_ptr", torch.zeros(out_features + 1, dtype=torch.int32, **kw))
+            self.register_buffer("scales", torch.ones(nnz, dtype=torch.float16, **kw))
+            self.register_buffer("zeros", torch.zeros(nnz, dtype=torch.uint8, **kw))
+        elif storage == 2:
+            for name, (shape, dt) in v2_shapes(out_features, in_features, nnz, group_size, bits).items():
+                self.register_buffer(name, torch.zeros(shape, dtype=dt, **kw))
+        else:
+            raise ValueError(f"storage must be 1 or 2 (a format version), got {storage!r}")
+        self.storage = storage
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, **kw) if bias else None)
         # GPU kernel metadata derived from the packed tensors (gqsa.kernels.plan); never saved.
         for name in PLAN_TENSORS:
@@ -64,7 +76,21 @@ class GQSLinear(nn.Module):
 
     @property
     def nnz(self) -> int:
-        return int(self.col_idx.numel())
+        return int(self.codes.shape[0])
+
+    def expand_storage(self, name: str = "layer") -> None:
+        """Turn the loaded version-2 tensors (``storage=2``) into the version-1 buffers, validated
+        (:func:`gqsa.format_v2.from_stored`); nothing to do on a version-1 layer."""
+        if self.storage == 1:
+            return
+        packed = from_stored({t: self._buffers[t] for t in TENSOR_NAMES_V2}, self.out_features, self.in_features,
+                             self.group_size, self.bits, name)
+        for t in TENSOR_NAMES_V2:
+            del self._buffers[t]
+        for t in TENSOR_NAMES:
+            self.register_buffer(t, getattr(packed, t))
+        self.storage = 1
+        self.clear_kernel_plan()
 
     def _apply(self, fn, recurse: bool = True):
         """``.to(dtype)``, ``.half()``, ``.cuda()`` ... move the packed fp16 scales but never cast
@@ -84,6 +110,9 @@ class GQSLinear(nn.Module):
 
     def packed(self) -> PackedGQS:
         """The layer's tensors as a :class:`PackedGQS` (no copies)."""
+        if self.storage != 1:
+            raise RuntimeError("this GQSLinear still holds the stored version-2 tensors: call expand_storage() "
+                               "after loading them (gqsa.load and from_pretrained do)")
         return PackedGQS(self.codes, self.col_idx, self.row_ptr, self.scales, self.zeros,
                          self.out_features, self.in_features, self.group_size, self.bits)
 
@@ -114,8 +143,10 @@ class GQSLinear(nn.Module):
         return gqs_linear(x, self.packed(), self.bias, self.kernel_plan(), self.schedule)
 
     def extra_repr(self) -> str:
+        kept = self.nnz / (self.out_features * (self.in_features // self.group_size))
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
-                f"bits={self.bits}, kept={self.packed().density:.3f}, bias={self.bias is not None}")
+                f"bits={self.bits}, kept={kept:.3f}, bias={self.bias is not None}"
+                + ("" if self.storage == 1 else ", storage=2 (not expanded)"))
 
 
 def prepare_kernels(model: nn.Module) -> int:
@@ -126,6 +157,24 @@ def prepare_kernels(model: nn.Module) -> int:
     for layer in layers:
         layer.prepare_kernels()
     return len(layers)
+
+
+def roundtrip_model(model: nn.Module) -> dict[str, float | int]:
+    """Put every GQSLinear of ``model`` through version 2 in place (:func:`gqsa.format_v2.from_v1`,
+    then :func:`~gqsa.format_v2.to_v1`: the scales move onto v2's grid, all else is exact), which
+    is what saving and loading a folder does to them; returns the size accounting of both
+    versions over those layers."""
+    v1_bytes = v2_bytes = weights = clamped = 0
+    for m in model.modules():
+        if isinstance(m, GQSLinear):
+            p = m.packed()
+            v2, c = from_v1(p)
+            m.scales = to_v1(v2).scales
+            m.clear_kernel_plan()
+            v1_bytes, v2_bytes, clamped = v1_bytes + p.nbytes(), v2_bytes + v2.nbytes(), clamped + c
+            weights += m.in_features * m.out_features
+    return {"v1_bits_per_weight": 8 * v1_bytes / max(weights, 1), "v2_bits_per_weight": 8 * v2_bytes / max(weights, 1),
+            "clamped_scales": clamped}
 
 
 def _drop_kernel_plan(module: GQSLinear, incompatible_keys) -> None:

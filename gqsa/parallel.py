@@ -29,10 +29,10 @@ import torch.distributed._functional_collectives as funcol
 from safetensors import safe_open
 from torch import nn
 
-from gqsa.hf import load_state, open_compressed, validate_layers
+from gqsa.hf import expand_layers, load_state, open_compressed, validate_layers
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
-from gqsa.shard import read_colwise, read_rowwise, rowwise_groups, shard_range
+from gqsa.shard import read_colwise, read_colwise_v2, read_rowwise, read_rowwise_v2, rowwise_groups, shard_range
 
 STYLES = ("colwise", "rowwise")
 HEAD_ATTRS = ("num_heads", "num_key_value_heads")  # attention attributes some families keep per module
@@ -95,6 +95,7 @@ def load_shards(path: str | os.PathLike, rank: int, world_size: int, device: tor
         planned = tuple(n + "." for n in plan)
         state = {k: f.get_tensor(k) for k, f in where.items() if not k.startswith(planned)}
     load_state(model, state, dtype)
+    expand_layers(model)  # compressed layers outside the plan, whole
     validate_layers(model)
     _split_heads(model, world_size)
     model.config.quantization_config = qc
@@ -113,7 +114,8 @@ def _read_shard(m: nn.Module, style: str, where: dict, name: str, rank: int, wor
         bias = None if bias is None or rank != 0 else bias[:].to(dtype)
     if isinstance(m, GQSLinear):
         f = where[prefix + "codes"]
-        read = read_colwise if style == "colwise" else read_rowwise
+        read = {(1, "colwise"): read_colwise, (1, "rowwise"): read_rowwise,
+                (2, "colwise"): read_colwise_v2, (2, "rowwise"): read_rowwise_v2}[m.storage, style]
         packed = read(f, prefix, m.out_features, m.in_features, m.group_size, m.bits, rank, world_size)
         return GQSLinear.from_packed(packed, bias)
     w = where[prefix + "weight"].get_slice(prefix + "weight")

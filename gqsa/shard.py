@@ -16,6 +16,10 @@ Within a row, kept groups are stored in ascending column-group order, so a row's
 fall in one rank's range are also one contiguous run: reading a row-parallel shard from a file
 takes one contiguous read per row (:func:`read_rowwise`).
 
+A version-2 folder (:mod:`gqsa.format_v2`) stores a mask instead of ``col_idx``/``row_ptr``:
+its readers (:func:`read_colwise_v2`, :func:`read_rowwise_v2`) read the small tensors whole to
+derive the version-1 index, then only the shard's codes.
+
 The in-memory functions are the oracle; the file readers must give the same tensors.
 """
 
@@ -24,6 +28,7 @@ from __future__ import annotations
 import torch
 
 from gqsa.format import PackedGQS, row_of_groups
+from gqsa.format_v2 import TENSOR_NAMES_V2, from_stored
 
 PACKED_1D = ("col_idx", "scales", "zeros")  # per kept group, like the rows of codes
 
@@ -96,6 +101,47 @@ def read_colwise(f, prefix: str, out_features: int, in_features: int, group_size
                      r1 - r0, in_features, group_size, bits)
 
 
+def read_index_v2(f, prefix: str, out_features: int, in_features: int, group_size: int, bits: int) -> PackedGQS:
+    """A version-2 layer's version-1 view without its codes (a meta tensor of their shape): the
+    mask, row factors, scale codes and zeros (about 1 bit of every 6 stored at W4 G16) are read
+    whole and validated; the codes are then read as the shard needs them."""
+    tensors = {n: f.get_tensor(prefix + n) for n in TENSOR_NAMES_V2 if n != "codes"}
+    tensors["codes"] = torch.empty(f.get_slice(prefix + "codes").get_shape(), dtype=torch.uint8, device="meta")
+    return from_stored(tensors, out_features, in_features, group_size, bits, prefix[:-1])
+
+
+def read_colwise_v2(f, prefix: str, out_features: int, in_features: int, group_size: int, bits: int,
+                    rank: int, world_size: int) -> PackedGQS:
+    """:func:`read_colwise` of a version-2 folder: the shard's codes are one contiguous slice."""
+    full = read_index_v2(f, prefix, out_features, in_features, group_size, bits)
+    shard = colwise(full, rank, world_size, prefix[:-1])
+    r0 = rank * (out_features // world_size)
+    a = int(full.row_ptr[r0])
+    shard.codes = f.get_slice(prefix + "codes")[a:a + shard.nnz]
+    return shard
+
+
+def read_rowwise_v2(f, prefix: str, out_features: int, in_features: int, group_size: int, bits: int,
+                    rank: int, world_size: int) -> PackedGQS:
+    """:func:`read_rowwise` of a version-2 folder: the shard's codes as one contiguous run per row."""
+    full = read_index_v2(f, prefix, out_features, in_features, group_size, bits)
+    g0, g1 = rowwise_groups(in_features, group_size, rank, world_size, prefix[:-1])
+    pos, row_ptr = rowwise_selection(full.col_idx, full.row_ptr, (g0, g1))
+    shard = rowwise(full, rank, world_size, prefix[:-1])
+    shard.codes = _read_runs(f.get_slice(prefix + "codes"), pos, row_ptr)
+    return shard
+
+
+def _read_runs(sl, pos: torch.Tensor, row_ptr: torch.Tensor) -> torch.Tensor:
+    """Rows ``pos`` [nnz_shard] (CSR order, one contiguous run per row of ``row_ptr``) of a
+    safetensors slice, read run by run."""
+    nonempty = row_ptr[1:] > row_ptr[:-1]
+    starts = pos[row_ptr[:-1][nonempty].to(torch.int64)].tolist()
+    lens = (row_ptr[1:] - row_ptr[:-1])[nonempty].tolist()
+    parts = [sl[s:s + k] for s, k in zip(starts, lens)]
+    return torch.cat(parts) if parts else sl[0:0]
+
+
 def read_rowwise(f, prefix: str, out_features: int, in_features: int, group_size: int, bits: int,
                  rank: int, world_size: int) -> PackedGQS:
     """:func:`rowwise` read from a ``safe_open`` handle. ``row_ptr`` and ``col_idx`` (2 bytes a
@@ -105,12 +151,6 @@ def read_rowwise(f, prefix: str, out_features: int, in_features: int, group_size
     full_ptr = f.get_tensor(prefix + "row_ptr")
     col_idx = f.get_tensor(prefix + "col_idx")
     pos, row_ptr = rowwise_selection(col_idx, full_ptr, (g0, g1))
-    starts = pos[row_ptr[:-1][row_ptr[1:] > row_ptr[:-1]].to(torch.int64)].tolist()
-    lens = (row_ptr[1:] - row_ptr[:-1])[row_ptr[1:] > row_ptr[:-1]].tolist()
-    t = {}
-    for n in ("codes", "scales", "zeros"):
-        sl = f.get_slice(prefix + n)
-        parts = [sl[s:s + k] for s, k in zip(starts, lens)]
-        t[n] = torch.cat(parts) if parts else sl[0:0]
+    t = {n: _read_runs(f.get_slice(prefix + n), pos, row_ptr) for n in ("codes", "scales", "zeros")}
     return PackedGQS(t["codes"], (col_idx[pos].to(torch.int32) - g0).to(torch.int16), row_ptr, t["scales"],
                      t["zeros"], out_features, (g1 - g0) * group_size, group_size, bits)

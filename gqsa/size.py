@@ -2,10 +2,10 @@
 
 Every linear of the decoder blocks is counted part by part (bits):
 
-- gqsa (a :class:`~gqsa.layer.GQSLinear`): its packed tensors as stored, byte for byte
-  (:mod:`gqsa.format`): ``codes`` (b bits per kept weight), ``col_idx`` (int16 per kept
-  group), ``row_ptr`` (int32 per row + 1), ``scales`` (fp16 per kept group), ``zeros``
-  (uint8 per kept group), and ``bias``.
+- gqsa (a :class:`~gqsa.layer.GQSLinear`): its packed tensors as a folder stores them, byte
+  for byte (format version 2, :mod:`gqsa.format_v2`): ``codes`` (b bits per kept weight),
+  ``mask`` (1 bit per group), ``row_scale`` (fp16 per row), ``scale_codes`` (8 bits per kept
+  group), ``zeros`` (b bits per kept group), and ``bias``.
 - a baseline (an nn.Linear holding the fake-quantized / pruned weight; its
   :class:`~gqsa.baselines.BaselineConfig` given): what a real deployment would store, by
   convention (N x K the weight, G the group size, b the bits, d = 1 - sparsity, ng = ceil(K/G)):
@@ -41,7 +41,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from gqsa.format import TENSOR_NAMES
+from gqsa.format_v2 import to_stored
 from gqsa.layer import GQSLinear
 
 if TYPE_CHECKING:
@@ -63,9 +63,10 @@ def folder_bytes(path: str | Path) -> int:
 
 
 def packed_layer_bits(layer: GQSLinear) -> dict[str, int]:
-    """Bits of each stored tensor of a GQSLinear (``codes``, ``col_idx``, ``row_ptr``, ``scales``,
-    ``zeros``, ``bias``): 8 x its bytes."""
-    tensors = {n: getattr(layer, n) for n in (*TENSOR_NAMES, "bias")}
+    """Bits of each tensor a folder stores for a GQSLinear: its format-version-2 tensors
+    (``codes``, ``mask``, ``row_scale``, ``scale_codes``, ``zeros``; :mod:`gqsa.format_v2`)
+    and ``bias``: 8 x their bytes."""
+    tensors = {**to_stored(layer.packed()), "bias": layer.bias}
     return {n: 8 * t.numel() * t.element_size() for n, t in tensors.items() if t is not None}
 
 

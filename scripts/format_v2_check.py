@@ -17,8 +17,9 @@ import torch
 
 from gqsa.data import eval_tokens, load_texts
 from gqsa.eval.perplexity import perplexity
-from gqsa.format_v2 import SPAN_OCTAVES, roundtrip_model
+from gqsa.format_v2 import SPAN_OCTAVES
 from gqsa.hf import load
+from gqsa.layer import roundtrip_model
 from gqsa.loading import load_tokenizer
 
 

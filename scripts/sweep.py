@@ -46,8 +46,7 @@ from gqsa.data import (
 from gqsa.eval.perplexity import perplexity
 from gqsa.eval.zeroshot import evaluate_mc, load_mc_tasks
 from gqsa.format import dequantize
-from gqsa.format_v2 import roundtrip_model
-from gqsa.layer import GQSLinear
+from gqsa.layer import GQSLinear, roundtrip_model
 from gqsa.models import set_submodule
 
 # (run, label, method, compress_method keyword arguments), in the order they are run:

@@ -63,18 +63,21 @@ def _layer_file(out):
     return f
 
 
+def _sibling(k, name):
+    return k.replace(".mask", "." + name)
+
+
 @pytest.mark.parametrize("edit, needle", [
-    (lambda s, k: s[k].__setitem__(0, 32767), "outside [0,"),
-    (lambda s, k: s[k].__setitem__(0, -1), "outside [0,"),
-    (lambda s, k: s.__setitem__(k.replace("col_idx", "row_ptr"), s[k.replace("col_idx", "row_ptr")].flip(0)),
-     "row_ptr must rise"),
-    (lambda s, k: s.__setitem__(k.replace("col_idx", "scales"), s[k.replace("col_idx", "scales")].float()),
-     "expected torch.float16")])
+    (lambda s, k: s[k].__setitem__(0, s[k][0] ^ 1), "the mask marks"),  # one group more or less
+    (lambda s, k: s[k].__setitem__(-1, 255), "past the layer"),  # bits beyond the last group
+    (lambda s, k: s[_sibling(k, "row_scale")].__setitem__(3, float("nan")), "row scale factor"),
+    (lambda s, k: s.__setitem__(_sibling(k, "scale_codes"), s[_sibling(k, "scale_codes")].float()),
+     "expected torch.uint8")])
 def test_damaged_packed_tensors_are_refused_at_load(packed, capsys, edit, needle):
     out, text = packed
     f = _layer_file(out)
     state = load_file(f)
-    key = next(k for k in state if k.endswith("q_proj.col_idx"))
+    key = next(k for k in state if k.endswith("q_proj.mask"))
     edit(state, key)
     save_file(state, f, metadata={"format": "pt"})
     for argv in (["info", str(out), "--no-verify"], ["generate", str(out), "--prompt", "a", "--no-verify",

@@ -2,6 +2,7 @@ import json
 
 import pytest
 import torch
+from safetensors.torch import load_file
 from tiny_models import FAMILIES, calib_ids, tiny_model
 from transformers import AutoModelForCausalLM
 
@@ -9,6 +10,8 @@ import gqsa
 from gqsa import hf
 from gqsa.compression import compress
 from gqsa.config import GQSAConfig
+from gqsa.format_v2 import TENSOR_NAMES_V2
+from gqsa.layer import roundtrip_model
 
 
 def _compressed(family, **cfg):
@@ -22,17 +25,46 @@ def _compressed(family, **cfg):
 def test_save_then_load_both_ways_gives_identical_logits(family, tmp_path):
     model, config = _compressed(family, sparsity=0.5, bits=4, balance="layer", mask="static")
     ids = calib_ids(2, 24, seed=5)
-    with torch.no_grad():
-        expected = model(ids).logits
     out = gqsa.save_compressed(model, tmp_path / "m")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "gqsa" and qc["format_version"] == 1 and qc["bits"] == 4
+    assert qc["quant_method"] == "gqsa" and qc["format_version"] == 2 and qc["bits"] == 4
     assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
+    roundtrip_model(model)  # what version 2 does to the layers: the scales on its grid
+    with torch.no_grad():
+        expected = model(ids).logits
     ours = gqsa.load(out)
     theirs = AutoModelForCausalLM.from_pretrained(out)
     with torch.no_grad():
         assert torch.equal(ours(ids).logits, expected)
         assert torch.equal(theirs(ids).logits, expected)
+
+
+def test_v2_folder_stores_the_lean_tensors_and_resaves_unchanged(tmp_path):
+    model, _ = _compressed("llama")
+    out = gqsa.save_compressed(model, tmp_path / "m")
+    stored = load_file(next(out.glob("*.safetensors")))
+    name = "model.layers.0.mlp.down_proj"
+    assert {k.rsplit(".", 1)[1] for k in stored if k.startswith(name + ".")} == set(TENSOR_NAMES_V2)
+    assert gqsa.load(out).config.quantization_config["format_version"] == 1  # in memory: version 1 tensors
+    again = gqsa.save_compressed(gqsa.load(out), tmp_path / "again")  # a second trip through v2 changes nothing
+    theirs = AutoModelForCausalLM.from_pretrained(out)
+    theirs.save_pretrained(tmp_path / "theirs")  # transformers' own save: version 2 through the quantizer
+    for folder in (again, tmp_path / "theirs"):
+        other = load_file(next(folder.glob("*.safetensors")))
+        assert all(torch.equal(stored[k], other[k]) for k in stored if k.startswith(name))
+
+
+def test_version_1_folders_still_load(tmp_path):
+    model, _ = _compressed("qwen2")
+    ids = calib_ids(2, 24, seed=5)
+    with torch.no_grad():
+        expected = model(ids).logits
+    model.save_pretrained(tmp_path / "v1")  # the model in memory: version-1 tensors, quantization_config says 1
+    qc = json.loads((tmp_path / "v1" / "config.json").read_text())["quantization_config"]
+    assert qc["format_version"] == 1
+    with torch.no_grad():
+        assert torch.equal(gqsa.load(tmp_path / "v1", verify=False)(ids).logits, expected)
+        assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path / "v1")(ids).logits, expected)
 
 
 def test_interrupted_save_leaves_nothing_loadable(tmp_path, monkeypatch):

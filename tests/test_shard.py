@@ -71,3 +71,18 @@ def test_reading_shards_from_a_file_gives_the_in_memory_shards(tmp_path, world_s
         for rank in range(world_size):
             _same(read_colwise(f, "layer.", *shape, rank, world_size), colwise(p, rank, world_size))
             _same(read_rowwise(f, "layer.", *shape, rank, world_size), rowwise(p, rank, world_size))
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_reading_shards_from_a_version_2_file_gives_the_in_memory_shards(tmp_path, world_size):
+    """A folder stores format v2 (mask, not indices): the readers derive the index and read the codes' slices."""
+    from gqsa.format_v2 import from_v1, to_stored, to_v1
+    from gqsa.shard import read_colwise_v2, read_rowwise_v2
+
+    p = to_v1(from_v1(_random_layer(bits=4, seed=5))[0])  # the layer as a v2 folder gives it back
+    save_file({f"layer.{n}": t.contiguous() for n, t in to_stored(p).items()}, tmp_path / "m.safetensors")
+    shape = (p.out_features, p.in_features, p.group_size, p.bits)
+    with safe_open(tmp_path / "m.safetensors", framework="pt") as f:
+        for rank in range(world_size):
+            _same(read_colwise_v2(f, "layer.", *shape, rank, world_size), colwise(p, rank, world_size))
+            _same(read_rowwise_v2(f, "layer.", *shape, rank, world_size), rowwise(p, rank, world_size))

@@ -76,12 +76,14 @@ def test_packed_layer_counts_every_stored_tensor():
     for name in ("codes", "col_idx", "row_ptr", "scales", "zeros"):
         getattr(layer, name).copy_(getattr(p, name))
     parts = packed_layer_bits(layer)
-    # 4 groups x 16 codes x 4 bits; int16 col index, fp16 scale, uint8 zero per group; int32 x (n + 1)
-    assert parts == {"codes": 256, "col_idx": 64, "row_ptr": 160, "scales": 64, "zeros": 32}
+    # as a folder stores it (format v2): 4 groups x 16 codes x 4 bits; the mask's 8 group bits
+    # (one byte); an fp16 factor per row; an 8-bit scale code per group; 4-bit zeros, padded
+    # to 8 groups (4 bytes)
+    assert parts == {"codes": 256, "mask": 8, "row_scale": 64, "scale_codes": 32, "zeros": 32}
     model = nn.Module()
     model.layers = nn.ModuleList([Block(layer, nn.Linear(32, 4, bias=False))])
     s = model_stats(model)
-    assert s["bits_per_weight"] == pytest.approx(576 / 128)
-    assert s["bits_per_weight_all_linears"] == pytest.approx((576 + 128 * 16) / 256)
-    assert s["model_bytes"] == pytest.approx((576 + 128 * 16) / 8)
-    assert s["model_params"] == 256 and s["bits_per_param"] == pytest.approx((576 + 128 * 16) / 256)
+    assert s["bits_per_weight"] == pytest.approx(392 / 128)
+    assert s["bits_per_weight_all_linears"] == pytest.approx((392 + 128 * 16) / 256)
+    assert s["model_bytes"] == pytest.approx((392 + 128 * 16) / 8)
+    assert s["model_params"] == 256 and s["bits_per_param"] == pytest.approx((392 + 128 * 16) / 256)
