@@ -152,3 +152,21 @@ def test_info_reads_a_baseline_folder(model_dir, tmp_path):
     log = json.loads((out / "gqsa_log.json").read_text())
     assert info["config"]["method"] == "gptq" and info["skipped_layers"] == 0
     assert info["bits_per_weight"] == pytest.approx(3 + 19 / 32, abs=1e-3) == pytest.approx(log["bits_per_weight"])
+
+
+@pytest.mark.parametrize("stream", [True, False])
+def test_allocation_and_protection_from_the_cli(model_dir, tmp_path, stream):
+    """--allocation and --protect-ratio reach the solver, streamed or not; the per-layer sparsities are
+    stored in the folder and the size stays that of the uniform run."""
+    path, text = model_dir
+    common = ["--calib", str(text), "--nsamples", "4", "--seqlen", "32", "--device", "cpu"] + ([] if stream else
+                                                                                                 ["--no-stream"])
+    assert main(["compress", str(path), str(tmp_path / "u"), *common]) == 0
+    assert main(["compress", str(path), str(tmp_path / "o"), *common, "--allocation", "owl-linear",
+                 "--allocation-strength", "0.2", "--protect-ratio", "1.5"]) == 0
+    qc = json.loads((tmp_path / "o" / "config.json").read_text())["quantization_config"]
+    assert qc["allocation"] == "owl-linear" and qc["protect_ratio"] == 1.5
+    assert len(qc["layer_sparsity"]) == 14 and len(set(qc["layer_sparsity"].values())) > 1
+    logs = [json.loads((tmp_path / n / "gqsa_log.json").read_text()) for n in ("u", "o")]
+    assert abs(logs[0]["bits_per_weight"] - logs[1]["bits_per_weight"]) < 0.01
+    assert any(rec.get("protected_groups") for rec in logs[1]["layers"])
