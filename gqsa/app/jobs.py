@@ -84,10 +84,11 @@ def generate_text(model_name: str, prompt: str, max_new_tokens: int, device: tor
 
 def folder_info(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """Bytes on disk, the size accounting (:mod:`gqsa.size`: bits per weight of the compressed
-    linears and of all linears, whole-model bytes), per-layer sparsity and the stages that ran,
+    linears and of all linears as format version 2 stores them, whole-model bytes), the folder's
+    own quantization_config (its ``format_version`` included), per-layer sparsity and the stages that ran,
     of a gqsa folder or a baseline folder; ``verify``: check the weight files' sha256 first
     (``checksums`` says how many matched)."""
-    from gqsa.hf import load, verify_checksums
+    from gqsa.hf import load, read_quantization_config, verify_checksums
     t = time.perf_counter()
     checked = verify_checksums(path) if verify else None
     baseline = read_baseline(path)
@@ -97,7 +98,7 @@ def folder_info(path: str | Path, verify: bool = True) -> dict[str, Any]:
     else:
         model = load(path, device="cpu", verify=False)
         stats = model_stats(model)
-        config = {k: v for k, v in model.config.quantization_config.items() if k != "layers"}
+        config = {k: v for k, v in read_quantization_config(path).items() if k != "layers"}  # as the folder says
     log = read_log(path)
     info = {"path": str(path), "bytes_on_disk": folder_bytes(path),
             "original_bytes": log.get("original_bytes"),
