@@ -183,6 +183,10 @@ class GQSAConfig:
             calibration RMS is above r times the layer's median channel RMS (massive
             activations, found from the data of each layer); they count against the row's
             budget, so the size is unchanged. 0 (default): off.
+        act_order: take the columns by decreasing Hessian diagonal in the joint update, with each
+            group's scale and zero fixed up front from the original weights (GPTQ's act-order
+            with static groups; :func:`gqsa.solver.prune_quant.prune_quantize_act_order`). The
+            stored layout is unchanged. Needs ``mask="static"``. False (default): left to right.
     """
 
     group_size: int = 16
@@ -201,6 +205,7 @@ class GQSAConfig:
     allocation_strength: float = 0.08
     layer_sparsity: dict[str, float] | None = None
     protect_ratio: float = 0.0
+    act_order: bool = False
     bqpo: BQPOConfig | None = None
     e2e: E2EConfig | None = None
     version: int = field(default=CONFIG_VERSION)
@@ -238,6 +243,8 @@ class GQSAConfig:
                 "layer_sparsity must map module names to sparsities in [0, 1)")
         require(isinstance(self.protect_ratio, (int, float)) and (self.protect_ratio == 0 or self.protect_ratio > 1),
                 f"protect_ratio must be 0 (off) or above 1, got {self.protect_ratio!r}")
+        require(not self.act_order or self.mask == "static",
+                "act_order needs mask='static' (the adaptive mask follows the left-to-right column blocks)")
         require(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
         require(self.block_size > 0 and self.block_size % self.group_size == 0,
                f"block_size must be a positive multiple of group_size, got {self.block_size!r}")

@@ -170,3 +170,13 @@ def test_allocation_and_protection_from_the_cli(model_dir, tmp_path, stream):
     logs = [json.loads((tmp_path / n / "gqsa_log.json").read_text()) for n in ("u", "o")]
     assert abs(logs[0]["bits_per_weight"] - logs[1]["bits_per_weight"]) < 0.01
     assert any(rec.get("protected_groups") for rec in logs[1]["layers"])
+
+
+def test_gqsa_act_order_from_the_cli(model_dir, tmp_path, capsys):
+    path, text = model_dir
+    common = ["--calib", str(text), "--nsamples", "4", "--seqlen", "32", "--device", "cpu"]
+    assert main(["compress", str(path), str(tmp_path / "a"), *common, "--act-order", "static"]) == 0
+    qc = json.loads((tmp_path / "a" / "config.json").read_text())["quantization_config"]
+    assert qc["act_order"] is True
+    assert main(["compress", str(path), str(tmp_path / "b"), *common, "--act-order", "group"]) == 2
+    assert "static or off" in capsys.readouterr().err

@@ -79,7 +79,8 @@ def _add_compress(sub) -> None:
                    help="rtn, sparsegpt: search each group's range shrink too (gqsa and gptq do by default)")
     p.add_argument("--act-order", default=None, choices=["static", "group", "off"],
                    help="gptq: column order (default static: by decreasing Hessian diagonal, grids of the "
-                        "contiguous groups fixed up front; group: groups follow that order; off: left to right)")
+                        "contiguous groups fixed up front; group: groups follow that order; off: left to right); "
+                        "gqsa: static or off (the default)")
     p.add_argument("--skip", nargs="*", default=None, help=f"module names kept dense (default: {' '.join(d.skip)})")
     p.add_argument("--calib", default=DEFAULT_CALIBRATION_TEXT,
                    help="calibration text: builtin name, .txt/.jsonl/folder, or wikitext2/c4")
@@ -201,6 +202,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
     given = {"group_size": a.group_size, "sparsity": a.sparsity, "bits": a.bits, "balance": a.balance,
              "saliency": a.saliency, "mask": a.mask, "sparsity_ramp": a.sparsity_ramp,
              "allocation": a.allocation, "allocation_strength": a.allocation_strength, "protect_ratio": a.protect_ratio,
+             "act_order": _gqsa_act_order(a.act_order),
              "skip": None if a.skip is None else tuple(a.skip)}
     config = GQSAConfig(sym=a.sym, clip_search=not a.no_clip_search, **_stage_configs(a),
                         **{k: v for k, v in given.items() if v is not None})
@@ -210,6 +212,14 @@ def cmd_compress(a: argparse.Namespace) -> int:
                           checkpoint_dir=a.checkpoint_dir, stream=False if a.no_stream else None)
     _print_compress_summary(log, a.out)
     return 0
+
+
+def _gqsa_act_order(value: str | None) -> bool | None:
+    """--act-order for gqsa: static -> True, off -> False, unset -> the config's default."""
+    if value == "group":
+        raise ValueError("gqsa's groups are the format's contiguous inputs: --act-order takes static or off for gqsa "
+                         "(group is a GPTQ baseline setting)")
+    return None if value is None else value == "static"
 
 
 def _compress_baseline(a: argparse.Namespace, device, dtype) -> int:

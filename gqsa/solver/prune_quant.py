@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gqsa.solver.hessian import damped_inverse, inverse_cholesky_upper
 from gqsa.solver.quant import dequantize_codes, group_params, quantize, rtn_quantize
 from gqsa.solver.saliency import obs_group_scores, protect_scores
 from gqsa.solver.sweep import lazy_obs_sweep
@@ -79,6 +80,44 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, 
 
     lazy_obs_sweep(W, U, block_size, column, block)
     return LayerResult(codes, scales, zeros, keep, out)
+
+
+def prune_quantize_act_order(W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, group_size: int, bits: int,
+                             damp: float, sym: bool = False, clip_search: bool = True, block_size: int = 128
+                             ) -> LayerResult:
+    """:func:`prune_quantize` with the columns taken by decreasing Hessian diagonal (GPTQ's
+    act-order) and every group's scale and zero fixed up front from the original weights
+    (static groups, as AutoGPTQ's ``static_groups`` and llm-compressor's ``actorder="static"``).
+
+    The groups stay the contiguous G inputs of the format, so the result is stored as any other
+    (no permutation, no group index). Columns with large inputs are fixed first, while many
+    columns are left to absorb their rounding and pruning error.
+
+    Args:
+        W: [N, K] float32 (dead inputs already zeroed; not modified). H: [K, K] its Hessian.
+        keep: [N, K/G] bool, the mask fixed up front. damp: as :func:`damped_inverse`.
+    Returns a :class:`LayerResult` in the original column order.
+    """
+    n, k = W.shape
+    perm = torch.argsort(torch.diag(H), descending=True, stable=True)
+    U = inverse_cholesky_upper(damped_inverse(H[perm][:, perm], damp))
+    _, scales, zeros, _ = rtn_quantize(W, bits, group_size, sym, clip_search)  # [N, K/G] from the original W
+    group = perm // group_size  # the group of each processed column
+    keep_cols = keep.repeat_interleave(group_size, dim=1)[:, perm]
+    codes, out = torch.zeros(n, k, device=W.device), torch.zeros(n, k, device=W.device)
+
+    def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
+        g = int(group[col])
+        q = quantize(W1[:, i:i + 1], scales[:, g], zeros[:, g], bits).squeeze(1)
+        dq = dequantize_codes(q.unsqueeze(1), scales[:, g], zeros[:, g]).squeeze(1)
+        kept = keep_cols[:, col]
+        codes[:, col] = torch.where(kept, q, torch.zeros_like(q))
+        out[:, col] = torch.where(kept, dq, torch.zeros_like(dq))
+        return out[:, col]
+
+    lazy_obs_sweep(W[:, perm], U, block_size, column)
+    inv = torch.argsort(perm)
+    return LayerResult(codes[:, inv], scales, zeros, keep, out[:, inv])
 
 
 def adaptive_block_keep(W1: torch.Tensor, U1: torch.Tensor, group_size: int, kept: int,

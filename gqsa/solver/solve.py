@@ -11,7 +11,7 @@ from gqsa.solver.hessian import (
     dead_inputs,
     inverse_cholesky_upper,
 )
-from gqsa.solver.prune_quant import LayerResult, prune_quantize, round_to_nearest
+from gqsa.solver.prune_quant import LayerResult, prune_quantize, prune_quantize_act_order, round_to_nearest
 from gqsa.solver.saliency import (
     magnitude_group_scores,
     obs_group_scores,
@@ -51,6 +51,11 @@ def solve_layer(weight: torch.Tensor, acc: HessianAccumulator, config: GQSAConfi
     adaptive = config.mask == "adaptive"
     protect = protection(acc, config)
     keep = None if adaptive else choose_mask(W, acc, Hinv, config, protect)
+    if config.act_order:
+        res = prune_quantize_act_order(W, acc.H, keep, config.group_size, config.bits, config.damp, config.sym,
+                                       config.clip_search, config.block_size)
+        res.protected = 0 if protect is None else int(protect.sum())
+        return res
     U = inverse_cholesky_upper(Hinv)
     res = prune_quantize(W, U, keep, config.group_size, config.bits, config.sym, config.clip_search,
                          config.block_size, sparsity=config.sparsity if adaptive else None, protect=protect)

@@ -153,3 +153,37 @@ def test_batched_clip_search_equals_the_loop(bits, sym):
         w[4:8] = w[4:8].abs()  # one-signed rows
         a, b = clip_search_loop(w, bits, sym), clip_search_batched(w, bits, sym)
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+
+
+def _outlier_problem(seed):
+    """A layer whose inputs differ in scale by orders of magnitude (where act-order matters)."""
+    g = torch.Generator().manual_seed(seed)
+    x = torch.randn(2048, 128, generator=g) * torch.logspace(-1.5, 1.5, 128)[torch.randperm(128, generator=g)]
+    acc = HessianAccumulator(128)
+    acc.add_batch(x)
+    return torch.randn(48, 128, generator=g), acc
+
+
+def test_act_order_keeps_the_mask_and_layout_and_lowers_the_output_error():
+    from gqsa.solver.prune_quant import output_error
+
+    errs = {False: [], True: []}
+    for seed in range(6):
+        w, acc = _outlier_problem(seed)
+        for act in (False, True):
+            cfg = GQSAConfig(sparsity=0.3, bits=3, act_order=act)
+            res = solve_layer(w, acc, cfg)
+            kc = res.keep.repeat_interleave(16, dim=1)
+            assert res.keep.sum(1).eq(8 - round(0.3 * 8)).all()  # the row budget
+            assert (res.weight[~kc] == 0).all() and (res.codes[~kc] == 0).all()
+            dq = (res.codes - res.zeros.repeat_interleave(16, dim=1)) * res.scales.repeat_interleave(16, dim=1)
+            assert torch.allclose(res.weight[kc], dq[kc])  # kept weights are their codes, in place
+            errs[act].append(output_error(w, res.weight, acc.H))
+        same_mask = solve_layer(w, acc, GQSAConfig(sparsity=0.3, bits=3)).keep
+        assert torch.equal(same_mask, res.keep)
+    assert sum(errs[True]) < sum(errs[False]), errs
+
+
+def test_act_order_needs_the_static_mask():
+    with pytest.raises(ValueError, match="act_order needs mask='static'"):
+        GQSAConfig(act_order=True, mask="adaptive")
