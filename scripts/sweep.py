@@ -75,8 +75,18 @@ RUNS: list[tuple[str, str, str, dict[str, Any]]] = [
 # after the v2 round trip of the solved layers; v1's bits and perplexity are logged beside them.
 _STAGES = dict(bqpo=BQPOConfig(), e2e=E2EConfig())
 _W4 = dict(bits=4, group_size=16)
+_ACT = dict(act_order=True)
 GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     ("fp16", "FP16 (dequantized Q4_1)", "fp16", {}),
+    # added after the first GPU session (2026-12-02): act-order (-17 % at W3 S20 on the CPU protocol)
+    ("gqsa-w3-s20-act", "GQSA W3 G16 S20% act-order", "gqsa", dict(bits=3, group_size=16, sparsity=0.2, **_ACT)),
+    ("gqsa-w3-s20-act-stages", "GQSA W3 G16 S20% act-order + BQPO + E2E-OQP", "gqsa",
+     dict(bits=3, group_size=16, sparsity=0.2, **_ACT, **_STAGES)),
+    ("gqsa-w3-s10-act", "GQSA W3 G16 S10% act-order", "gqsa", dict(bits=3, group_size=16, sparsity=0.1, **_ACT)),
+    ("gqsa-w4-s50-act-owl", "GQSA W4 G16 S50% act-order + OWL", "gqsa",
+     dict(bits=4, group_size=16, sparsity=0.5, allocation="owl", **_ACT)),
+    ("gptq-w2-g32", "GPTQ W2 g32", "gptq", dict(bits=2, group_size=32)),
+    ("gqsa-w2-s10-act", "GQSA W2 G16 S10% act-order", "gqsa", dict(bits=2, group_size=16, sparsity=0.1, **_ACT)),
     ("gptq-w3-g128", "GPTQ W3 g128", "gptq", dict(bits=3, group_size=128)),
     ("sparsegpt-2of4-w4", "SparseGPT 2:4 + W4 g128", "sparsegpt", dict(pattern="2:4", bits=4, group_size=128)),
     ("gqsa-w4-s35-stages", "GQSA W4 G16 S35% + BQPO + E2E-OQP", "gqsa", dict(**_W4, sparsity=0.35, **_STAGES)),
