@@ -1,6 +1,6 @@
 """One compression of SmolLM2 on the CPU protocol of docs/results.md, scored on two texts.
 
-    python scripts/cpu_compare.py gqsa BITS SPARSITY [--act-order] [--seed S] [--out FILE]
+    python scripts/cpu_compare.py gqsa BITS SPARSITY [--act-order] [--allocation owl] [--seed S] [--out FILE]
     python scripts/cpu_compare.py sparsegpt-2of4 BITS [--seed S] [--out FILE]     # 2:4 + W(BITS) g128
 
 16 x 512 calibration tokens of CoQA (seed S, default 0); gqsa at G = 16 with its layers put
@@ -32,6 +32,7 @@ def main() -> None:
     ap.add_argument("bits", type=int)
     ap.add_argument("sparsity", type=float, nargs="?", default=None, help="gqsa: the sparsity")
     ap.add_argument("--act-order", action="store_true", help="gqsa: act-order (static groups)")
+    ap.add_argument("--allocation", default="uniform", choices=["uniform", "owl", "owl-linear"], help="gqsa")
     ap.add_argument("--seed", type=int, default=0, help="calibration windows' seed")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
@@ -43,7 +44,7 @@ def main() -> None:
     t0 = time.perf_counter()
     if a.method == "gqsa":
         report = compress_method(model, "gqsa", bits=a.bits, group_size=16, sparsity=a.sparsity, calib=calib,
-                                 progress=False, act_order=a.act_order)
+                                 progress=False, act_order=a.act_order, allocation=a.allocation)
     else:
         report = compress_method(model, "sparsegpt", pattern="2:4", bits=a.bits, group_size=128, calib=calib,
                                  progress=False)
@@ -52,6 +53,7 @@ def main() -> None:
     ppl = {t: perplexity(model, eval_tokens(tok, load_texts(t, "eval"))[:, :4096], seqlen=1024, progress=False)["ppl"]
            for t in ("boolq", "squad")}
     out = {"method": a.method, "bits": a.bits, "sparsity": a.sparsity, "act_order": a.act_order,
+           "allocation": a.allocation,
            "bits_per_weight": bits, "ppl": ppl, "compress_seconds": seconds,
            "calibration": f"16 x 512 coqa, seed {a.seed}", "windows": "4 x 1024", "torch": torch.__version__}
     print(json.dumps(out))
