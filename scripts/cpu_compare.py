@@ -2,6 +2,7 @@
 
     python scripts/cpu_compare.py gqsa BITS SPARSITY [--act-order] [--allocation owl] [--seed S] [--out FILE]
     python scripts/cpu_compare.py sparsegpt-2of4 BITS [--seed S] [--out FILE]     # 2:4 + W(BITS) g128
+    python scripts/cpu_compare.py gptq BITS [--seed S] [--out FILE]               # W(BITS) g128
 
 16 x 512 calibration tokens of CoQA (seed S, default 0); gqsa at G = 16 with its layers put
 through format v2 as a saved folder would be (gqsa.layer.roundtrip_model); then perplexity on
@@ -28,7 +29,7 @@ from gqsa.layer import roundtrip_model
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("method", choices=["gqsa", "sparsegpt-2of4"])
+    ap.add_argument("method", choices=["gqsa", "sparsegpt-2of4", "gptq"])
     ap.add_argument("bits", type=int)
     ap.add_argument("sparsity", type=float, nargs="?", default=None, help="gqsa: the sparsity")
     ap.add_argument("--act-order", action="store_true", help="gqsa: act-order (static groups)")
@@ -45,6 +46,8 @@ def main() -> None:
     if a.method == "gqsa":
         report = compress_method(model, "gqsa", bits=a.bits, group_size=16, sparsity=a.sparsity, calib=calib,
                                  progress=False, act_order=a.act_order, allocation=a.allocation)
+    elif a.method == "gptq":  # its best settings: static act-order and clip search (the defaults)
+        report = compress_method(model, "gptq", bits=a.bits, group_size=128, calib=calib, progress=False)
     else:
         report = compress_method(model, "sparsegpt", pattern="2:4", bits=a.bits, group_size=128, calib=calib,
                                  progress=False)
@@ -52,8 +55,7 @@ def main() -> None:
     bits = roundtrip_model(model)["v2_bits_per_weight"] if a.method == "gqsa" else report.bits_per_weight
     ppl = {t: perplexity(model, eval_tokens(tok, load_texts(t, "eval"))[:, :4096], seqlen=1024, progress=False)["ppl"]
            for t in ("boolq", "squad")}
-    out = {"method": a.method, "bits": a.bits, "sparsity": a.sparsity, "act_order": a.act_order,
-           "allocation": a.allocation,
+    out = {"method": a.method, "settings": report.settings(),
            "bits_per_weight": bits, "ppl": ppl, "compress_seconds": seconds,
            "calibration": f"16 x 512 coqa, seed {a.seed}", "windows": "4 x 1024", "torch": torch.__version__}
     print(json.dumps(out))

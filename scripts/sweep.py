@@ -78,7 +78,12 @@ _W4 = dict(bits=4, group_size=16)
 _ACT = dict(act_order=True)
 GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     ("fp16", "FP16 (dequantized Q4_1)", "fp16", {}),
-    # added after the first GPU session (2026-12-02): act-order (-17 % at W3 S20 on the CPU protocol)
+    # added after the first GPU session (2026-12-02): act-order and OWL, which compounded on the CPU
+    # protocol at W3 S20 (149.0 -> 123.7 -> 107.9 on boolq; docs/oneshot.md)
+    ("gqsa-w3-s20-act-owl", "GQSA W3 G16 S20% act-order + OWL", "gqsa",
+     dict(bits=3, group_size=16, sparsity=0.2, allocation="owl", **_ACT)),
+    ("gqsa-w3-s20-act-owl-stages", "GQSA W3 G16 S20% act-order + OWL + BQPO + E2E-OQP", "gqsa",
+     dict(bits=3, group_size=16, sparsity=0.2, allocation="owl", **_ACT, **_STAGES)),
     ("gqsa-w3-s20-act", "GQSA W3 G16 S20% act-order", "gqsa", dict(bits=3, group_size=16, sparsity=0.2, **_ACT)),
     ("gqsa-w3-s20-act-stages", "GQSA W3 G16 S20% act-order + BQPO + E2E-OQP", "gqsa",
      dict(bits=3, group_size=16, sparsity=0.2, **_ACT, **_STAGES)),
