@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import copy
 import os
+import time
 from typing import Any
 
 import torch
@@ -52,12 +53,15 @@ def compress(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, *, train
     """
     home = next(model.parameters()).device
     device = torch.device(device) if device is not None else home
+    t0 = time.perf_counter()
     config = with_allocation(model, config, calib, device, batch_size, progress)
+    allocation_seconds = time.perf_counter() - t0
     teacher = copy.deepcopy(model) if config.e2e and config.e2e.distill else None  # the dense model, for E2E-OQP
     store = None
     if checkpoint is not None:
         store = BlockCheckpoint(checkpoint, run_fingerprint(model, config, calib), resume=resume)
     report = _block_stages(model, config, calib, device, batch_size, progress, store)
+    _note_allocation(report, config, allocation_seconds)
     _finish(model, config, report, calib if train_ids is None else train_ids, device, progress, teacher)
     if config.e2e:
         model.to(home)
@@ -99,7 +103,9 @@ def compress_streamed(source: str | os.PathLike | TensorSource, config: GQSAConf
     streaming.check_names(model, tensors)
     streaming.load_outside(model, tensors, dtype, "cpu")
     blocks = streaming.StreamedBlocks(model, tensors, dtype)
+    t0 = time.perf_counter()
     config = with_allocation(model, config, calib, device, batch_size, progress, blocks_source=blocks)
+    allocation_seconds = time.perf_counter() - t0
     store = BlockCheckpoint(checkpoint, run_fingerprint(model, config, calib), resume=resume)
     fp = bool(config.bqpo and config.bqpo.fp_targets)
     hidden_on, pinned = streaming.place_hidden((*calib.shape, model.config.hidden_size), dtype, device, 3 + fp,
@@ -107,6 +113,7 @@ def compress_streamed(source: str | os.PathLike | TensorSource, config: GQSAConf
     report = _block_stages(model, config, calib, device, batch_size, progress, store, blocks_source=blocks,
                            hidden_device=hidden_on, pin_hidden=pinned)
     report.stages["oneshot"]["materialised_blocks_peak"] = blocks.peak_materialised
+    _note_allocation(report, config, allocation_seconds)
     streaming.assemble(model, store)
     _finish(model, config, report, calib if train_ids is None else train_ids, device, progress)
     model.to("cpu")
@@ -134,6 +141,13 @@ def _block_stages(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, dev
     if config.bqpo:
         report.stages["bqpo"] = summarize(report.blocks, config.bqpo)
     return report
+
+
+def _note_allocation(report: CompressReport, config: GQSAConfig, seconds: float) -> None:
+    """The allocation's pass over the dense blocks, in the report's stages (when it ran)."""
+    if config.allocation != "uniform":
+        report.stages["allocation"] = {"method": config.allocation, "strength": config.allocation_strength,
+                                       "seconds": seconds}
 
 
 def _finish(model: nn.Module, config: GQSAConfig, report: CompressReport, windows: torch.Tensor,

@@ -117,6 +117,12 @@ GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
      dict(bits=4, group_size=8, sparsity=0.5, **_STAGES)),
 ]
 # the order of the table: by family, then by size
+# Every gqsa run names its allocation and column order: the defaults changed on 2026-12-02 (OWL,
+# act-order), and a run's label and its log must keep meaning what they meant.
+for _name, _label, _method, _kw in RUNS + GPU_PLAN:
+    if _method == "gqsa":
+        _kw.setdefault("allocation", "uniform")
+        _kw.setdefault("act_order", False)
 GPU_TABLE_ORDER = [r[0] for r in GPU_PLAN]
 TABLE_ORDER = ["fp16", "rtn-w4-g128", "gptq-w4-g128", "rtn-w3-g128", "gptq-w3-g128", "rtn-w2-g64", "gptq-w2-g64",
                "sparsegpt-50", "sparsegpt-2of4", "wanda-2of4", "sparsegpt-2of4-w4", "gqsa-w4-s20", "gqsa-w4-s30",

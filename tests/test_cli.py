@@ -18,7 +18,7 @@ def test_compress_with_both_stages_then_info_eval_generate(model_dir, tmp_path, 
                "--device", "cpu"])
     assert rc == 0
     log = json.loads((out / "gqsa_log.json").read_text())
-    assert set(log["stages"]) == {"oneshot", "bqpo", "e2e_oqp"}
+    assert set(log["stages"]) == {"allocation", "oneshot", "bqpo", "e2e_oqp"}  # OWL allocation is the default
     assert not (tmp_path / "out.checkpoint").exists(), "checkpoints are removed after a successful save"
     assert (out / "tokenizer.json").exists()
     assert main(["info", str(out)]) == 0

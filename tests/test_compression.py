@@ -1,11 +1,14 @@
 """gqsa.compress, the verb: the stages its config names, the same result as wiring them by hand,
 the config stored on the model for save_compressed, and the config's JSON round trip."""
 
+import dataclasses
+
 import pytest
 import torch
 from tiny_models import calib_ids, tiny_model
 
 import gqsa
+from gqsa.allocation import with_allocation
 from gqsa.config import BQPOConfig, E2EConfig, GQSAConfig
 from gqsa.pipeline import run_blocks
 from gqsa.train.bqpo import bqpo_hook
@@ -24,10 +27,12 @@ def test_verb_runs_every_stage_and_equals_the_stages_wired_by_hand():
     calib, train = calib_ids(4, 32), calib_ids(4, 32, seed=2)
     verb = tiny_model("llama")
     report = gqsa.compress(verb, CONFIG, calib, train_ids=train, progress=False)
-    assert set(report.stages) == {"oneshot", "bqpo", "e2e_oqp"}
-    assert report.stages["e2e_oqp"]["steps"] == 2
+    assert set(report.stages) == {"allocation", "oneshot", "bqpo", "e2e_oqp"}
+    assert report.stages["e2e_oqp"]["steps"] == 2 and report.stages["allocation"]["method"] == "owl"
     hand = tiny_model("llama")
-    run_blocks(hand, CONFIG.for_oneshot(), calib, progress=False, after_block=bqpo_hook(BQPO, progress=False),
+    allocated = with_allocation(hand, CONFIG.for_oneshot(), calib, torch.device("cpu"), progress=False)
+    assert allocated.layer_sparsity  # the default allocation (OWL) filled in every layer's sparsity
+    run_blocks(hand, allocated, calib, progress=False, after_block=bqpo_hook(BQPO, progress=False),
                fp_targets=True)
     train_scales(hand, train, E2E, progress=False)
     a, b = _packed_state(verb), _packed_state(hand)
@@ -41,7 +46,8 @@ def test_saved_folder_records_the_config_and_stages(tmp_path):
     out = gqsa.save_compressed(model, tmp_path / "m")
     loaded = gqsa.load(out)
     qc = loaded.config.quantization_config
-    assert GQSAConfig.from_dict(qc) == CONFIG
+    saved = GQSAConfig.from_dict(qc)
+    assert saved.layer_sparsity and dataclasses.replace(saved, layer_sparsity=None) == CONFIG
     assert set(qc["stages"]) == {"oneshot", "bqpo", "e2e_oqp"}
 
 

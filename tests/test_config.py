@@ -34,7 +34,7 @@ def test_skips_matches_name_suffixes():
 
 
 def test_sparsity_ramp_spreads_sparsity_over_depth_with_the_same_mean():
-    c = GQSAConfig(sparsity=0.5, sparsity_ramp=0.6)
+    c = GQSAConfig(sparsity=0.5, sparsity_ramp=0.6, allocation="uniform")
     per_block = [c.block_sparsity(i, 5) for i in range(5)]
     assert per_block == pytest.approx([0.2, 0.35, 0.5, 0.65, 0.8])
     assert sum(per_block) / 5 == pytest.approx(0.5)

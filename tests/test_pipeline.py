@@ -12,7 +12,7 @@ from gqsa.models import find_blocks, find_linears
 @pytest.mark.parametrize("family", FAMILIES)
 def test_every_block_linear_is_compressed_with_exact_sparsity(family):
     model = tiny_model(family)
-    cfg = GQSAConfig(sparsity=0.5, bits=4, group_size=16)
+    cfg = GQSAConfig(sparsity=0.5, bits=4, group_size=16, allocation="uniform")  # every layer at S
     report = compress(model, cfg, calib_ids(), progress=False)
     _, blocks = find_blocks(model)
     for block in blocks:
@@ -28,7 +28,7 @@ def test_every_block_linear_is_compressed_with_exact_sparsity(family):
 
 def test_sparsity_ramp_gives_each_block_its_sparsity():
     model = tiny_model("llama")
-    cfg = GQSAConfig(sparsity=0.5, sparsity_ramp=0.5)
+    cfg = GQSAConfig(sparsity=0.5, sparsity_ramp=0.5, allocation="uniform")
     compress(model, cfg, calib_ids(), progress=False)
     _, blocks = find_blocks(model)
     assert len(blocks) >= 2
@@ -44,7 +44,7 @@ def test_sparsity_ramp_gives_each_block_its_sparsity():
 
 def test_layer_balance_keeps_exact_layer_sparsity_with_uneven_rows():
     model = tiny_model("llama")
-    compress(model, GQSAConfig(sparsity=0.5, balance="layer", mask="static"), calib_ids(), progress=False)
+    compress(model, GQSAConfig(sparsity=0.5, balance="layer", mask="static", allocation="uniform"), calib_ids(), progress=False)
     uneven = 0
     for m in model.modules():
         if isinstance(m, GQSLinear):

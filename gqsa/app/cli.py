@@ -66,8 +66,9 @@ def _add_compress(sub) -> None:
                    help="gqsa: spread the sparsity over depth, from sparsity*(1-r) in the first block to "
                         "sparsity*(1+r) in the last (same mean); 0 = uniform (default)")
     p.add_argument("--allocation", default=None, choices=["uniform", "owl", "owl-linear"],
-                   help="gqsa: spread the sparsity by each block's (owl) or each linear's (owl-linear) share of "
-                        "outlier weights on the calibration data, at the uniform run's size (default uniform)")
+                   help="gqsa: spread the sparsity by each block's (owl, the default) or each linear's (owl-linear) "
+                        "share of outlier weights on the calibration data, at the uniform run's size; uniform: "
+                        "every linear at --sparsity")
     p.add_argument("--allocation-strength", type=float, default=None,
                    help=f"gqsa: OWL's lambda, sparsities span sparsity +- this (default {d.allocation_strength})")
     p.add_argument("--protect-ratio", type=float, default=None,
@@ -80,7 +81,7 @@ def _add_compress(sub) -> None:
     p.add_argument("--act-order", default=None, choices=["static", "group", "off"],
                    help="gptq: column order (default static: by decreasing Hessian diagonal, grids of the "
                         "contiguous groups fixed up front; group: groups follow that order; off: left to right); "
-                        "gqsa: static or off (the default)")
+                        "gqsa: static (the default) or off")
     p.add_argument("--skip", nargs="*", default=None, help=f"module names kept dense (default: {' '.join(d.skip)})")
     p.add_argument("--calib", default=DEFAULT_CALIBRATION_TEXT,
                    help="calibration text: builtin name, .txt/.jsonl/folder, or wikitext2/c4")
@@ -201,7 +202,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
         return _compress_baseline(a, device, pick_dtype(a.dtype, device))
     given = {"group_size": a.group_size, "sparsity": a.sparsity, "bits": a.bits, "balance": a.balance,
              "saliency": a.saliency, "mask": a.mask, "sparsity_ramp": a.sparsity_ramp,
-             "allocation": a.allocation, "allocation_strength": a.allocation_strength, "protect_ratio": a.protect_ratio,
+             "allocation": _allocation(a), "allocation_strength": a.allocation_strength, "protect_ratio": a.protect_ratio,
              "act_order": _gqsa_act_order(a.act_order),
              "skip": None if a.skip is None else tuple(a.skip)}
     config = GQSAConfig(sym=a.sym, clip_search=not a.no_clip_search, **_stage_configs(a),
@@ -212,6 +213,11 @@ def cmd_compress(a: argparse.Namespace) -> int:
                           checkpoint_dir=a.checkpoint_dir, stream=False if a.no_stream else None)
     _print_compress_summary(log, a.out)
     return 0
+
+
+def _allocation(a: argparse.Namespace) -> str | None:
+    """--allocation; with --sparsity-ramp and no --allocation, the ramp decides (uniform)."""
+    return "uniform" if a.allocation is None and a.sparsity_ramp else a.allocation
 
 
 def _gqsa_act_order(value: str | None) -> bool | None:

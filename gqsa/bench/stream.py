@@ -100,6 +100,7 @@ def run(shape: LlamaShape, blocks: int, bqpo: bool, nsamples: int, seqlen: int, 
     return {"shape": vars(shape), "blocks": blocks, "bqpo": bqpo, "nsamples": nsamples, "seqlen": seqlen,
             "device": str(device), "dtype": str(dtype).replace("torch.", ""), "total_seconds": total,
             "outside_source_seconds": source.seconds.get("outside", 0.0), "per_block": per_block,
+            "allocation_seconds": report.stages.get("allocation", {}).get("seconds", 0.0),
             "peak_gpu_bytes": int(torch.cuda.max_memory_allocated(device)) if device.type == "cuda" else None,
             "peak_rss_bytes": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024,
             "materialised_blocks_peak": report.stages["oneshot"]["materialised_blocks_peak"]}
@@ -117,8 +118,10 @@ def extrapolate(record: dict, target: LlamaShape) -> dict:
         values = sorted(r[key] for r in rows)
         return values[len(values) // 2]
     copies = 4 if record["bqpo"] else 3
+    alloc = record.get("allocation_seconds", 0.0) / record["blocks"]  # per block: one dense pass
     return {"shape": target.name, "blocks": target.blocks, "cost_ratio": ratio,
-            "oneshot_hours": target.blocks * median("oneshot_seconds") * ratio / 3600,
+            "oneshot_hours": target.blocks * (median("oneshot_seconds") + alloc) * ratio / 3600,
+            "allocation_hours": target.blocks * alloc * ratio / 3600,
             "bqpo_hours": target.blocks * median("bqpo_seconds") * ratio / 3600,
             "source_hours_measured_rate": target.blocks * median("source_seconds") * ratio / 3600,
             "hidden_state_gib": hidden_bytes(target, tokens, copies) / GiB,
@@ -182,7 +185,8 @@ def _print(result: dict) -> None:
     print("one-shot of the last block: Hessians + forwards {:.1f} s; solve {}".format(
         last["hessians_forward_seconds"], ", ".join(f"{k} {v:.1f} s" for k, v in last["solve_seconds"].items())))
     gpu = "-" if m["peak_gpu_bytes"] is None else f"{m['peak_gpu_bytes'] / GiB:.1f} GiB"
-    print(f"peak GPU memory {gpu}, peak RSS {m['peak_rss_bytes'] / GiB:.2f} GiB")
+    print(f"peak GPU memory {gpu}, peak RSS {m['peak_rss_bytes'] / GiB:.2f} GiB; allocation pass "
+          f"{m.get('allocation_seconds', 0.0):.1f} s (included in the one-shot hours below)")
     for name, e in result["extrapolated"].items():
         print(f"{name}: one-shot {e['oneshot_hours']:.2f} h, BQPO {e['bqpo_hours']:.2f} h "
               f"(cost ratio {e['cost_ratio']:.3g}); packed model {e['packed_model_gib']:.1f} GiB")

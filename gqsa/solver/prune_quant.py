@@ -71,15 +71,20 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, 
         g = col // group_size
         if col % group_size == 0:
             scales[:, g], zeros[:, g] = group_params(W1[:, i:i + group_size], bits, sym, clip_search)
-        q = quantize(W1[:, i:i + 1], scales[:, g], zeros[:, g], bits).squeeze(1)
-        dq = dequantize_codes(q.unsqueeze(1), scales[:, g], zeros[:, g]).squeeze(1)
-        kept = keep_cols[:, col]
-        codes[:, col] = torch.where(kept, q, torch.zeros_like(q))
-        out[:, col] = torch.where(kept, dq, torch.zeros_like(dq))
+        codes[:, col], out[:, col] = kept_or_zero(W1[:, i], scales[:, g], zeros[:, g], keep_cols[:, col], bits)
         return out[:, col]
 
     lazy_obs_sweep(W, U, block_size, column, block)
     return LayerResult(codes, scales, zeros, keep, out)
+
+
+def kept_or_zero(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, kept: torch.Tensor, bits: int
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
+    """One column's target: codes and dequantized values [N] of column w [N] on its rows' grids
+    (scale, zero [N]) where ``kept`` [N] bool, 0 (pruned) elsewhere."""
+    q = quantize(w.unsqueeze(1), scale, zero, bits).squeeze(1)
+    dq = dequantize_codes(q.unsqueeze(1), scale, zero).squeeze(1)
+    return torch.where(kept, q, torch.zeros_like(q)), torch.where(kept, dq, torch.zeros_like(dq))
 
 
 def prune_quantize_act_order(W: torch.Tensor, H: torch.Tensor, keep: torch.Tensor, group_size: int, bits: int,
@@ -108,11 +113,7 @@ def prune_quantize_act_order(W: torch.Tensor, H: torch.Tensor, keep: torch.Tenso
 
     def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
         g = int(group[col])
-        q = quantize(W1[:, i:i + 1], scales[:, g], zeros[:, g], bits).squeeze(1)
-        dq = dequantize_codes(q.unsqueeze(1), scales[:, g], zeros[:, g]).squeeze(1)
-        kept = keep_cols[:, col]
-        codes[:, col] = torch.where(kept, q, torch.zeros_like(q))
-        out[:, col] = torch.where(kept, dq, torch.zeros_like(dq))
+        codes[:, col], out[:, col] = kept_or_zero(W1[:, i], scales[:, g], zeros[:, g], keep_cols[:, col], bits)
         return out[:, col]
 
     lazy_obs_sweep(W[:, perm], U, block_size, column)
