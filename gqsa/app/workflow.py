@@ -112,7 +112,9 @@ def _count_blocks(source: str, dtype: torch.dtype) -> int:
 def _say_plan(num_blocks: int, config: GQSAConfig, ids: torch.Tensor, calib: str, device: torch.device,
               dtype: torch.dtype, e2e_text: TrainText, stream: bool) -> None:
     """One line on stderr saying what the run will do, before the long part starts."""
-    steps = ["one-shot"] + ([f"BQPO {config.bqpo.epochs} epochs"] if config.bqpo else []) + \
+    oneshot = "one-shot" + (" in act-order" if config.act_order else "")
+    steps = ([f"{config.allocation} allocation (a pass over the dense blocks)"] if config.allocation != "uniform"
+             else []) + [oneshot] + ([f"BQPO {config.bqpo.epochs} epochs"] if config.bqpo else []) + \
         ([f"E2E-OQP {config.e2e.epochs} epochs on {e2e_text.nsamples} x {e2e_text.seqlen} tokens of {e2e_text.text}"]
          if config.e2e else [])
     slow = device.type == "cpu" and ids.numel() >= 64 * 2048
