@@ -52,3 +52,15 @@ def test_sparsity_ramp_spreads_sparsity_over_depth_with_the_same_mean():
 def test_bad_ramps_raise(kwargs, words):
     with pytest.raises(ValueError, match=words):
         GQSAConfig(**kwargs)
+
+
+def test_defaults_and_configs_saved_before_the_options():
+    """Act-order and OWL are the defaults; a config saved before those options existed keeps the
+    behaviour of its time (uniform, left to right), and the adaptive mask turns act-order off."""
+    c = GQSAConfig()
+    assert c.allocation == "owl" and c.act_order is True
+    assert GQSAConfig(mask="adaptive").act_order is False
+    old = {k: v for k, v in c.to_dict().items() if k not in ("allocation", "act_order")}
+    legacy = GQSAConfig.from_dict(old)
+    assert legacy.allocation == "uniform" and legacy.act_order is False
+    assert GQSAConfig.from_dict(c.to_dict()) == c
