@@ -115,7 +115,7 @@ def read_colwise_v2(f, prefix: str, out_features: int, in_features: int, group_s
     """:func:`read_colwise` of a version-2 folder: the shard's codes are one contiguous slice."""
     full = read_index_v2(f, prefix, out_features, in_features, group_size, bits)
     shard = colwise(full, rank, world_size, prefix[:-1])
-    r0 = rank * (out_features // world_size)
+    r0, _ = shard_range(out_features, rank, world_size, f"out_features of {prefix[:-1]!r}")
     a = int(full.row_ptr[r0])
     shard.codes = f.get_slice(prefix + "codes")[a:a + shard.nnz]
     return shard

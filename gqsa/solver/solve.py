@@ -54,11 +54,10 @@ def solve_layer(weight: torch.Tensor, acc: HessianAccumulator, config: GQSAConfi
     if config.act_order:
         res = prune_quantize_act_order(W, acc.H, keep, config.group_size, config.bits, config.damp, config.sym,
                                        config.clip_search, config.block_size)
-        res.protected = 0 if protect is None else int(protect.sum())
-        return res
-    U = inverse_cholesky_upper(Hinv)
-    res = prune_quantize(W, U, keep, config.group_size, config.bits, config.sym, config.clip_search,
-                         config.block_size, sparsity=config.sparsity if adaptive else None, protect=protect)
+    else:
+        res = prune_quantize(W, inverse_cholesky_upper(Hinv), keep, config.group_size, config.bits, config.sym,
+                             config.clip_search, config.block_size, sparsity=config.sparsity if adaptive else None,
+                             protect=protect)
     res.protected = 0 if protect is None else int(protect.sum())
     return res
 
