@@ -50,29 +50,63 @@ def obs_sweep(W: torch.Tensor, U: torch.Tensor, cfg: BaselineConfig, static: Sta
         scales, zeros = torch.ones(n, ng, device=W.device), torch.zeros(n, ng, device=W.device)
     else:
         groups, scales, zeros = static[0], static[1].clone(), static[2].clone()
-    keep = torch.ones(n, k, dtype=torch.bool, device=W.device)
-    codes, Q = torch.zeros(n, k, device=W.device), torch.zeros(n, k, device=W.device)
-
-    def block(i1: int, i2: int, W1: torch.Tensor, U1: torch.Tensor) -> None:
-        if cfg.pattern == "unstructured":
-            keep[:, i1:i2] = block_keep(W1.pow(2) / torch.diag(U1).pow(2), cfg.sparsity)
-
-    def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
-        if cfg.nm and i % cfg.nm[1] == 0:
-            w = W1[:, i:i + cfg.nm[1]]  # M columns, fewer at the end of a block
-            d = torch.diag(U[col:col + w.shape[1], col:col + w.shape[1]])
-            keep[:, col:col + w.shape[1]] = nm_keep(w.pow(2) / d.pow(2), *cfg.nm)
-        if cfg.quantized and static is None and col % cfg.group_size == 0:
-            g = col // cfg.group_size
-            scales[:, g], zeros[:, g] = group_params(W1[:, i:i + cfg.group_size], cfg.bits, cfg.sym,
-                                                    cfg.clip_search)
-        Q[:, col], codes[:, col] = _target(W1[:, i], keep[:, col], scales[:, groups[col]], zeros[:, groups[col]], cfg)
-        return Q[:, col]
-
-    lazy_obs_sweep(W, U, cfg.block_size, column, block)
+    targets = _ObsTargets(n, k, cfg, groups, scales, zeros, static is not None, W.device)
+    lazy_obs_sweep(W, U, cfg.block_size, targets)
     if not cfg.quantized:
         scales, zeros = torch.empty(0), torch.empty(0)
-    return LayerResult(codes, scales, zeros, keep, Q)
+    return LayerResult(targets.codes, scales, zeros, targets.keep, targets.Q)
+
+
+class _ObsTargets:
+    """The column targets of :func:`obs_sweep` (a :class:`gqsa.solver.sweep.BlockTargets`).
+
+    Per block: the unstructured mask at its start, the N:M mask at the first of every M columns,
+    the group's grid at its first column (or gathered up front when ``static``), then each column
+    pruned and rounded. Block buffers: keep1 [N, B], the grids per column (static) or per group."""
+
+
+    def __init__(self, n: int, k: int, cfg: BaselineConfig, groups: torch.Tensor, scales: torch.Tensor,
+                 zeros: torch.Tensor, static: bool, device: torch.device):
+        b = cfg.block_size
+        # block_size is a multiple of G and of M (BaselineConfig), so every branch depends on i only
+        self.graph_safe = True
+        self.cfg, self.groups, self.scales, self.zeros, self.static = cfg, groups, scales, zeros, static
+        self.keep = torch.ones(n, k, dtype=torch.bool, device=device)
+        self.codes, self.Q = torch.zeros(n, k, device=device), torch.zeros(n, k, device=device)
+        self.keep1 = torch.ones(n, b, dtype=torch.bool, device=device)
+        self.q1, self.c1 = torch.zeros(n, b, device=device), torch.zeros(n, b, device=device)
+        width = b if static else -(-b // cfg.group_size)  # grids per column, or per group of the block
+        self.s1, self.z1 = torch.ones(n, width, device=device), torch.zeros(n, width, device=device)
+        self.U1 = None
+
+    def begin(self, i1: int, i2: int, W1: torch.Tensor, U1: torch.Tensor) -> None:
+        b, self.U1 = i2 - i1, U1
+        if self.cfg.pattern == "unstructured":
+            self.keep[:, i1:i2] = block_keep(W1.pow(2) / torch.diag(U1).pow(2), self.cfg.sparsity)
+        self.keep1[:, :b] = self.keep[:, i1:i2]
+        if self.static:
+            g = self.groups[i1:i2]
+            self.s1[:, :b], self.z1[:, :b] = self.scales[:, g], self.zeros[:, g]
+
+    def target(self, i: int, W1: torch.Tensor) -> torch.Tensor:
+        cfg, g = self.cfg, i // self.cfg.group_size
+        if cfg.nm and i % cfg.nm[1] == 0:
+            m = cfg.nm[1]
+            d = torch.diag(self.U1[i:i + m, i:i + m])
+            self.keep1[:, i:i + m] = nm_keep(W1[:, i:i + m].pow(2) / d.pow(2), *cfg.nm)
+        if cfg.quantized and not self.static and i % cfg.group_size == 0:
+            self.s1[:, g], self.z1[:, g] = group_params(W1[:, i:i + cfg.group_size], cfg.bits, cfg.sym,
+                                                      cfg.clip_search)
+        j = i if self.static else g
+        self.q1[:, i], self.c1[:, i] = _target(W1[:, i], self.keep1[:, i], self.s1[:, j], self.z1[:, j], cfg)
+        return self.q1[:, i]
+
+    def end(self, i1: int, i2: int) -> None:
+        b = i2 - i1
+        self.Q[:, i1:i2], self.codes[:, i1:i2], self.keep[:, i1:i2] = self.q1[:, :b], self.c1[:, :b], self.keep1[:, :b]
+        if not self.static:
+            g1, g2 = i1 // self.cfg.group_size, -(-i2 // self.cfg.group_size)
+            self.scales[:, g1:g2], self.zeros[:, g1:g2] = self.s1[:, :g2 - g1], self.z1[:, :g2 - g1]
 
 
 def _target(w: torch.Tensor, keep: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor,

@@ -52,30 +52,57 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, 
     adaptive = keep is None
     if adaptive:
         keep = torch.zeros(n, ng, dtype=torch.bool, device=W.device)
-    keep_cols = keep.repeat_interleave(group_size, dim=1)
-    codes = torch.zeros(n, k, device=W.device)
-    out = torch.zeros(n, k, device=W.device)
-    scales = torch.ones(n, ng, device=W.device)
-    zeros = torch.zeros(n, ng, device=W.device)
 
-    def block(i1: int, i2: int, W1: torch.Tensor, U1: torch.Tensor) -> None:
+    def select(i1: int, i2: int, W1: torch.Tensor, U1: torch.Tensor) -> torch.Tensor:
+        g1, g2 = i1 // group_size, i2 // group_size
         if adaptive:
-            g1, g2 = i1 // group_size, i2 // group_size
             pruned = int(round(sparsity * g2)) - int(round(sparsity * g1))  # exact row total over blocks
-            blk = adaptive_block_keep(W1, U1, group_size, (g2 - g1) - pruned,
-                                      None if protect is None else protect[g1:g2])
-            keep[:, g1:g2] = blk
-            keep_cols[:, i1:i2] = blk.repeat_interleave(group_size, dim=1)
+            keep[:, g1:g2] = adaptive_block_keep(W1, U1, group_size, (g2 - g1) - pruned,
+                                                 None if protect is None else protect[g1:g2])
+        return keep[:, g1:g2]
 
-    def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
-        g = col // group_size
-        if col % group_size == 0:
-            scales[:, g], zeros[:, g] = group_params(W1[:, i:i + group_size], bits, sym, clip_search)
-        codes[:, col], out[:, col] = kept_or_zero(W1[:, i], scales[:, g], zeros[:, g], keep_cols[:, col], bits)
-        return out[:, col]
+    targets = _GroupTargets(n, k, group_size, bits, block_size, W.device, sym, clip_search, select)
+    lazy_obs_sweep(W, U, block_size, targets)
+    return LayerResult(targets.codes, targets.scales, targets.zeros, keep, targets.out)
 
-    lazy_obs_sweep(W, U, block_size, column, block)
-    return LayerResult(codes, scales, zeros, keep, out)
+
+class _GroupTargets:
+    """Column targets of :func:`prune_quantize` (a :class:`gqsa.solver.sweep.BlockTargets`): at the
+    first column of each group its scale and zero are fixed from the group's updated weights,
+    then each column is rounded to that grid where kept and set to 0 where pruned.
+    ``select(i1, i2, W1, U1)`` gives the kept groups [N, (i2-i1)/G] bool of each block as it starts."""
+
+    def __init__(self, n: int, k: int, group_size: int, bits: int, block_size: int, device: torch.device,
+                 sym: bool, clip_search: bool, select):
+        if block_size % group_size:
+            raise ValueError(f"block_size {block_size} must be a multiple of group_size {group_size}")
+        self.g, self.bits, self.sym, self.clip_search = group_size, bits, sym, clip_search
+        self.graph_safe = True  # groups start at the same places i of every block
+        self.codes, self.out = torch.zeros(n, k, device=device), torch.zeros(n, k, device=device)
+        self.scales = torch.ones(n, k // group_size, device=device)
+        self.zeros = torch.zeros(n, k // group_size, device=device)
+        nb = block_size // group_size
+        self.keep = torch.zeros(n, block_size, dtype=torch.bool, device=device)
+        self.q1, self.dq1 = torch.zeros(n, block_size, device=device), torch.zeros(n, block_size, device=device)
+        self.s1, self.z1 = torch.ones(n, nb, device=device), torch.zeros(n, nb, device=device)
+        self.select = select
+
+    def begin(self, i1: int, i2: int, W1: torch.Tensor, U1: torch.Tensor) -> None:
+        self.keep[:, :i2 - i1] = self.select(i1, i2, W1, U1).repeat_interleave(self.g, dim=1)
+
+    def target(self, i: int, W1: torch.Tensor) -> torch.Tensor:
+        g = i // self.g
+        if i % self.g == 0:
+            self.s1[:, g], self.z1[:, g] = group_params(W1[:, i:i + self.g], self.bits, self.sym, self.clip_search)
+        self.q1[:, i], self.dq1[:, i] = kept_or_zero(W1[:, i], self.s1[:, g], self.z1[:, g], self.keep[:, i],
+                                                     self.bits)
+        return self.dq1[:, i]
+
+    def end(self, i1: int, i2: int) -> None:
+        b = i2 - i1
+        self.codes[:, i1:i2], self.out[:, i1:i2] = self.q1[:, :b], self.dq1[:, :b]
+        g1, g2 = i1 // self.g, i2 // self.g
+        self.scales[:, g1:g2], self.zeros[:, g1:g2] = self.s1[:, :g2 - g1], self.z1[:, :g2 - g1]
 
 
 def kept_or_zero(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor, kept: torch.Tensor, bits: int
@@ -105,20 +132,45 @@ def prune_quantize_act_order(W: torch.Tensor, H: torch.Tensor, keep: torch.Tenso
     """
     n, k = W.shape
     perm = torch.argsort(torch.diag(H), descending=True, stable=True)
-    U = inverse_cholesky_upper(damped_inverse(H[perm][:, perm], damp))
+    U = inverse_cholesky_upper(damped_inverse(H.index_select(0, perm).index_select(1, perm), damp))
     _, scales, zeros, _ = rtn_quantize(W, bits, group_size, sym, clip_search)  # [N, K/G] from the original W
-    group = perm // group_size  # the group of each processed column
-    keep_cols = keep.repeat_interleave(group_size, dim=1)[:, perm]
-    codes, out = torch.zeros(n, k, device=W.device), torch.zeros(n, k, device=W.device)
-
-    def column(col: int, i: int, W1: torch.Tensor) -> torch.Tensor:
-        g = int(group[col])
-        codes[:, col], out[:, col] = kept_or_zero(W1[:, i], scales[:, g], zeros[:, g], keep_cols[:, col], bits)
-        return out[:, col]
-
-    lazy_obs_sweep(W[:, perm], U, block_size, column)
+    targets = StaticGridTargets(scales, zeros, perm // group_size, keep.repeat_interleave(group_size, dim=1)[:, perm],
+                                bits, block_size)
+    lazy_obs_sweep(W[:, perm], U, block_size, targets)
     inv = torch.argsort(perm)
-    return LayerResult(codes[:, inv], scales, zeros, keep, out[:, inv])
+    return LayerResult(targets.codes[:, inv], scales, zeros, keep, targets.out[:, inv])
+
+
+class StaticGridTargets:
+    """Column targets on grids fixed before the sweep (a :class:`gqsa.solver.sweep.BlockTargets`):
+    processed column c is rounded to group ``groups[c]``'s grid (scales, zeros [N, ng]) where
+    ``keep_cols[:, c]`` and set to 0 elsewhere. Each block gathers its columns' grids first."""
+
+    graph_safe = True
+
+    def __init__(self, scales: torch.Tensor, zeros: torch.Tensor, groups: torch.Tensor, keep_cols: torch.Tensor,
+                 bits: int, block_size: int):
+        n, k = keep_cols.shape
+        dev = keep_cols.device
+        self.scales, self.zeros, self.groups, self.keep_cols, self.bits = scales, zeros, groups, keep_cols, bits
+        self.codes, self.out = torch.zeros(n, k, device=dev), torch.zeros(n, k, device=dev)
+        self.s1, self.z1 = torch.ones(n, block_size, device=dev), torch.zeros(n, block_size, device=dev)
+        self.keep = torch.zeros(n, block_size, dtype=torch.bool, device=dev)
+        self.q1, self.dq1 = torch.zeros(n, block_size, device=dev), torch.zeros(n, block_size, device=dev)
+
+    def begin(self, i1: int, i2: int, W1: torch.Tensor, U1: torch.Tensor) -> None:
+        b, g = i2 - i1, self.groups[i1:i2]
+        self.s1[:, :b], self.z1[:, :b] = self.scales[:, g], self.zeros[:, g]
+        self.keep[:, :b] = self.keep_cols[:, i1:i2]
+
+    def target(self, i: int, W1: torch.Tensor) -> torch.Tensor:
+        self.q1[:, i], self.dq1[:, i] = kept_or_zero(W1[:, i], self.s1[:, i], self.z1[:, i], self.keep[:, i],
+                                                     self.bits)
+        return self.dq1[:, i]
+
+    def end(self, i1: int, i2: int) -> None:
+        b = i2 - i1
+        self.codes[:, i1:i2], self.out[:, i1:i2] = self.q1[:, :b], self.dq1[:, :b]
 
 
 def adaptive_block_keep(W1: torch.Tensor, U1: torch.Tensor, group_size: int, kept: int,

@@ -7,6 +7,8 @@ solver must compensate the error of the weights that will actually be used.
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -15,7 +17,7 @@ CLIP_GRID = torch.linspace(1.0, 0.70, 16).tolist()
 
 def minmax_params(w: torch.Tensor, bits: int, sym: bool, shrink: float = 1.0) -> tuple[torch.Tensor, torch.Tensor]:
     """Scale and zero point [R] of each row of w [R, G] from its (shrunk) range."""
-    scale, zero = minmax_params_batched(w, bits, sym, torch.tensor([shrink], dtype=w.dtype, device=w.device))
+    scale, zero = minmax_params_batched(w, bits, sym, _shrinks((shrink,), w.dtype, w.device))
     return scale.squeeze(1), zero.squeeze(1)
 
 
@@ -53,15 +55,37 @@ def clip_search_loop(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tenso
     return scale, zero
 
 
+CLIP_CHUNK_ELEMENTS = 1 << 25  # rows x shrinks x G per batch of the clip search (128 MiB float32 tensors)
+
+
 def clip_search_batched(w: torch.Tensor, bits: int, sym: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """The clip search of :func:`group_params` with every shrink at once ([R, S, G] tensors)."""
-    shrink = torch.tensor(CLIP_GRID, dtype=w.dtype, device=w.device)
+    """The clip search of :func:`group_params` with every shrink at once ([R, S, G] tensors),
+    in batches of rows so that no temporary exceeds :data:`CLIP_CHUNK_ELEMENTS` elements (the
+    whole of a 70B down_proj at once would need 15 GB per temporary). Rows are independent, so
+    the batches change no value."""
+    shrink = _shrinks(tuple(CLIP_GRID), w.dtype, w.device)
+    rows = max(1, CLIP_CHUNK_ELEMENTS // (shrink.numel() * max(1, w.shape[1])))
+    if w.shape[0] <= rows:
+        return _clip_search_rows(w, bits, sym, shrink)
+    parts = [_clip_search_rows(w[r:r + rows], bits, sym, shrink) for r in range(0, w.shape[0], rows)]
+    return torch.cat([p[0] for p in parts]), torch.cat([p[1] for p in parts])
+
+
+def _clip_search_rows(w: torch.Tensor, bits: int, sym: bool, shrink: torch.Tensor
+                      ) -> tuple[torch.Tensor, torch.Tensor]:
     wg = w.unsqueeze(1).expand(-1, shrink.numel(), -1)
     scale, zero = minmax_params_batched(w, bits, sym, shrink)  # [R, S]
     q = torch.clamp(torch.round(wg / scale.unsqueeze(-1)) + zero.unsqueeze(-1), 0, (1 << bits) - 1)
     err = ((q - zero.unsqueeze(-1)) * scale.unsqueeze(-1) - wg).pow(2).sum(-1)  # [R, S]
     best = err.argmin(1, keepdim=True)  # the first minimum, as the loop's strict < keeps
     return scale.gather(1, best).squeeze(1), zero.gather(1, best).squeeze(1)
+
+
+@functools.lru_cache(maxsize=64)
+def _shrinks(values: tuple[float, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Range shrinks [S] on ``device``, made once per value set: a host-to-device copy cannot
+    happen inside the solver's CUDA graphs (gqsa.solver.sweep), so the eager warm-up block makes it."""
+    return torch.tensor(values, dtype=dtype, device=device)
 
 
 def minmax_params_batched(w: torch.Tensor, bits: int, sym: bool, shrink: torch.Tensor

@@ -155,6 +155,17 @@ def test_batched_clip_search_equals_the_loop(bits, sym):
         assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
 
 
+def test_batched_clip_search_in_row_batches_is_unchanged(monkeypatch):
+    """Row batches (which bound the [R, S, G] temporaries at 70B shape) give the same values."""
+    from gqsa.solver import quant
+
+    w = torch.randn(1000, 16, generator=torch.Generator().manual_seed(5))
+    whole = quant.clip_search_batched(w, 4, False)
+    monkeypatch.setattr(quant, "CLIP_CHUNK_ELEMENTS", 16 * 16 * 7)  # 7 rows a batch: 143 batches, a short last one
+    parts = quant.clip_search_batched(w, 4, False)
+    assert torch.equal(whole[0], parts[0]) and torch.equal(whole[1], parts[1])
+
+
 def _outlier_problem(seed):
     """A layer whose inputs differ in scale by orders of magnitude (where act-order matters)."""
     g = torch.Generator().manual_seed(seed)

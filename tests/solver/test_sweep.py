@@ -8,14 +8,31 @@ from gqsa.solver.prune_quant import output_error
 from gqsa.solver.sweep import lazy_obs_sweep
 
 
-def _sweep(W, U, block_size, target):
-    out = torch.zeros_like(W)
+class _Elementwise:
+    """BlockTargets that map each column through ``fn`` and keep the result."""
 
-    def column(col, i, W1):
-        out[:, col] = target(W1[:, i])
-        return out[:, col]
-    lazy_obs_sweep(W, U, block_size, column)
-    return out
+    graph_safe = True
+
+    def __init__(self, W, block_size, fn):
+        self.out, self.fn = torch.zeros_like(W), fn
+        self.out1 = torch.zeros(W.shape[0], block_size)
+        self.begun = []
+
+    def begin(self, i1, i2, W1, U1):
+        self.begun.append((i1, i2, W1.shape[1], U1.shape))
+
+    def target(self, i, W1):
+        self.out1[:, i] = self.fn(W1[:, i])
+        return self.out1[:, i]
+
+    def end(self, i1, i2):
+        self.out[:, i1:i2] = self.out1[:, :i2 - i1]
+
+
+def _sweep(W, U, block_size, fn):
+    t = _Elementwise(W, block_size, fn)
+    lazy_obs_sweep(W, U, block_size, t)
+    return t.out
 
 
 def _problem():
@@ -32,6 +49,13 @@ def test_identity_hessian_means_no_compensation():
     assert torch.equal(_sweep(W, torch.eye(40), 16, torch.round), torch.round(W))
 
 
+def test_blocks_begin_in_order_with_their_widths():
+    W = torch.randn(8, 40)
+    t = _Elementwise(W, 16, torch.round)
+    lazy_obs_sweep(W, torch.eye(40), 16, t)
+    assert t.begun == [(0, 16, 16, (16, 16)), (16, 32, 16, (16, 16)), (32, 40, 8, (8, 8))]
+
+
 def test_compensation_lowers_the_layer_output_error():
     W, H, U = _problem()
     before = W.clone()
@@ -42,5 +66,5 @@ def test_compensation_lowers_the_layer_output_error():
 
 def test_lazy_blocks_give_the_same_result_as_one_block():
     W, _, U = _problem()
-    shrink = lambda w: 0.5 * w  # a continuous target, so float reordering cannot flip a rounding
+    shrink = lambda w: 0.5 * w  # noqa: E731  (a continuous target: float reordering cannot flip a rounding)
     torch.testing.assert_close(_sweep(W, U, 8, shrink), _sweep(W, U, 64, shrink), rtol=1e-4, atol=1e-4)
