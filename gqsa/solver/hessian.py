@@ -17,14 +17,57 @@ class HessianAccumulator:
         self.n = 0
 
     def add_batch(self, x: torch.Tensor) -> None:
-        """Accumulate inputs x [..., K] (any float dtype)."""
-        x = x.reshape(-1, x.shape[-1]).to(self.H.device, torch.float32)
+        """Accumulate inputs x [..., K] (any float dtype).
+
+        On CUDA, fp16/bf16 inputs take the tensor cores: their products are exact in float32 (11- or
+        8-bit significands), so only the float32 sums' order differs from a float32 matmul (at 70B
+        shape the float32 SIMT products were about 10 s of a block's 50 s one-shot). Elsewhere the
+        inputs are scaled by sqrt(2/n) and multiplied in float32, as before."""
+        x = x.reshape(-1, x.shape[-1]).to(self.H.device)
         t = x.shape[0]
-        self.H.mul_(self.n / (self.n + t))
-        self.n += t
+        n_old, self.n = self.n, self.n + t
+        if x.is_cuda and x.dtype in (torch.float16, torch.bfloat16):
+            self.H.mul_(n_old / self.n).add_(_gram_exact(x), alpha=2.0 / self.n)
+            self.sq_norm.add_(x.float().pow(2).sum(0))
+            return
+        x = x.float()
+        self.H.mul_(n_old / self.n)
         xs = x * (2.0 / self.n) ** 0.5
         self.H.addmm_(xs.T, xs)
         self.sq_norm.add_(x.pow(2).sum(0))
+
+
+GRAM_CHUNK = 1024  # tokens per tensor-core product; the float32 sums of the chunks are exact-rounded
+
+
+def _gram_exact(x: torch.Tensor) -> torch.Tensor:
+    """x^T x [K, K] float32 of CUDA fp16/bf16 x [T, K] on the tensor cores.
+
+    Each product is exact in float32, but the tensor cores' float32 accumulation rounds less
+    carefully than the SIMT units (measured on an H200 over 16,384 tokens at K = 512: relative
+    error 2.4e-5 in one product against 6.7e-7), so the tokens are taken in chunks of
+    :data:`GRAM_CHUNK` whose products are summed by ordinary float32 adds. fp16 inputs and a
+    float32 output where torch has it (``mm(..., out_dtype=)``), else TF32 on the inputs widened
+    to float32 (which holds every fp16/bf16 value exactly)."""
+    out = None
+    for t0 in range(0, x.shape[0], GRAM_CHUNK):
+        part = _gram_chunk(x[t0:t0 + GRAM_CHUNK])
+        out = part if out is None else out.add_(part)
+    return out
+
+
+def _gram_chunk(x: torch.Tensor) -> torch.Tensor:
+    try:
+        return torch.mm(x.T, x, out_dtype=torch.float32)
+    except (TypeError, RuntimeError, NotImplementedError):
+        pass
+    xf = x.float()
+    old = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = True
+    try:
+        return xf.T @ xf
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
 
 
 def dead_inputs(H: torch.Tensor) -> torch.Tensor:
