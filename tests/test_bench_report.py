@@ -64,3 +64,13 @@ def test_formats_table_and_parser(capsys):
     out = capsys.readouterr().out
     line = next(ln for ln in out.splitlines() if "gqsa_S50_b2g16" in ln)
     assert line.split() == ["4096x4096", "gqsa_S50_b2g16", "4.00", "3.0", "|", "4.0", "(5.00x)", "|", "-"]
+
+
+def test_decode_table_without_fp16(capsys):
+    """FP16 out of memory (70B shape): the error is printed and the ratios are against gqsa."""
+    rec = dict(variant="gqsa_S50", ttft_ms=30.0, tok_s_b1=50.0, best_b1="graph", peak_gb=40.0, weights_gb=30.0)
+    result = dict(device="test", config=dict(prompt=512, tokens=64, shape="70b"),
+                  records=[dict(variant="fp16", error="out of GPU memory"), rec])
+    print_decode_table(result)
+    out = capsys.readouterr().out
+    assert "fp16: out of GPU memory" in out and "ratios against gqsa_S50" in out and "70b shape" in out

@@ -34,11 +34,20 @@ from gqsa.layer import GQSLinear
 
 LLAMA2_7B = dict(hidden_size=4096, intermediate_size=11008, num_hidden_layers=32, num_attention_heads=32,
                  num_key_value_heads=32, vocab_size=32000, max_position_embeddings=4096)
+SHAPES = {
+    "7b": LLAMA2_7B,
+    "13b": {**LLAMA2_7B, "hidden_size": 5120, "intermediate_size": 13824, "num_hidden_layers": 40,
+            "num_attention_heads": 40, "num_key_value_heads": 40},
+    # LLaMA-2-70B: 138 GB in fp16, which just fits one H200 (139 GiB) beside a small KV cache
+    "70b": {**LLAMA2_7B, "hidden_size": 8192, "intermediate_size": 28672, "num_hidden_layers": 80,
+            "num_attention_heads": 64, "num_key_value_heads": 8},
+}
 
 
-def random_llama(layers: int, dtype: torch.dtype, seed: int) -> LlamaForCausalLM:
-    """LLaMA-2-7B-shaped model built on CUDA in ``dtype`` with transformers' random init."""
-    config = LlamaConfig(**{**LLAMA2_7B, "num_hidden_layers": layers})
+def random_llama(layers: int | None, dtype: torch.dtype, seed: int, shape: str = "7b") -> LlamaForCausalLM:
+    """LLaMA-2-shaped model (``shape`` in :data:`SHAPES`, its first ``layers`` blocks, all by
+    default) built on CUDA in ``dtype`` with N(0, 0.02) weights."""
+    config = LlamaConfig(**{**SHAPES[shape], **({"num_hidden_layers": layers} if layers else {})})
     torch.manual_seed(seed)
     default = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
@@ -111,7 +120,7 @@ def decoder_block(layer, h, cos, sin, mask, kc, vc, pos):
     q, k = apply_rotary_pos_emb(q, k, cos, sin)
     kc.index_copy_(2, pos, k)
     vc.index_copy_(2, pos, v)
-    o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask)
+    o = F.scaled_dot_product_attention(q, kc, vc, attn_mask=mask, enable_gqa=q.shape[1] != kc.shape[1])
     h = h + attn.o_proj(o.transpose(1, 2).reshape(b, t, -1))
     return h + layer.mlp(layer.post_attention_layernorm(h))
 
@@ -154,6 +163,17 @@ def decode_tokens_per_s(model, batch: int, prompt_len: int, new_tokens: int, com
 
 
 def bench_variant(model, name: str, args) -> dict:
+    """Time to first token and tokens/s of one variant; a variant that runs out of GPU memory
+    (FP16 at 70B shape with a large batch) is recorded as ``{"variant", "error"}``."""
+    try:
+        return _bench_variant(model, name, args)
+    except torch.OutOfMemoryError as e:
+        torch.cuda.empty_cache()
+        print(f"{name:<12} out of GPU memory: {str(e).splitlines()[0]}", flush=True)
+        return dict(variant=name, error="out of GPU memory")
+
+
+def _bench_variant(model, name: str, args) -> dict:
     torch.cuda.synchronize()
     torch.cuda.reset_peak_memory_stats()
     rec = dict(variant=name, weights_gb=sum(t.numel() * t.element_size() for t in
@@ -177,7 +197,8 @@ def main(argv: list[str] | None = None) -> dict:
     """Run FP16 and the gqsa variants; write OUT/decode.json and print a table."""
     ap = argparse.ArgumentParser(prog="gqsa bench decode", description=__doc__.split("\n")[0])
     ap.add_argument("--out", default="bench_out")
-    ap.add_argument("--layers", type=int, default=32)
+    ap.add_argument("--shape", default="7b", choices=sorted(SHAPES), help="LLaMA-2 layer shapes")
+    ap.add_argument("--layers", type=int, default=None, help="decoder blocks (default: the shape's)")
     ap.add_argument("--prompt", type=int, default=512)
     ap.add_argument("--tokens", type=int, default=256)
     ap.add_argument("--batches", nargs="*", type=int, default=[1, 8])
@@ -193,7 +214,7 @@ def main(argv: list[str] | None = None) -> dict:
     os.makedirs(args.out, exist_ok=True)
     result = dict(device=torch.cuda.get_device_name(), date=datetime.datetime.now().isoformat(timespec="seconds"),
                   torch=torch.__version__, config=vars(args), records=[])
-    model = random_llama(args.layers, torch.float16, args.seed)
+    model = random_llama(args.layers, torch.float16, args.seed, args.shape)
     for s in [None] + list(args.sparsities):
         if s is not None:
             compress_randomly(model, s, args.seed)

@@ -179,9 +179,16 @@ def print_tune_summary(recs: list[dict]) -> None:
 
 def print_decode_table(result: dict) -> None:
     """The decode benchmark's table (:mod:`gqsa.bench.decode`): TTFT and tokens/s per variant, x FP16."""
-    recs = result["records"]
-    base = recs[0]
-    print(f"\ndecode, {result['device']}, prompt {result['config']['prompt']}, {result['config']['tokens']} new tokens")
+    recs = [r for r in result["records"] if "error" not in r]
+    for r in result["records"]:
+        if "error" in r:
+            print(f"{r['variant']}: {r['error']}")
+    if not recs:
+        return
+    base = recs[0]  # FP16, or the first variant that ran when FP16 did not
+    cfg = result["config"]
+    print(f"\ndecode, {result['device']}, {cfg.get('shape', '7b')} shape, prompt {cfg['prompt']}, {cfg['tokens']} new "
+          f"tokens; ratios against {base['variant']}")
     cols = [k for k in base if k.startswith("tok_s")]
     print("variant      TTFT ms (x fp16, mode)  " + "  ".join(f"{c + ' (x fp16, mode)':>26}" for c in cols)
           + "   peak GB  weights GB")

@@ -78,7 +78,7 @@ def hidden_bytes(shape: LlamaShape, tokens: int, copies: int, elem: int = 2) -> 
 def run(shape: LlamaShape, blocks: int, bqpo: bool, nsamples: int, seqlen: int, device: torch.device,
         dtype: torch.dtype, work: Path, seed: int = 0) -> dict:
     """Compress ``blocks`` blocks of ``shape`` streamed; the measured record."""
-    source = TimedSource(SynthLlamaSource(shape, blocks, seed, torch.float16))
+    source = TimedSource(SynthLlamaSource(shape, blocks, seed, torch.float16, generate_on=device))
     config = GQSAConfig(group_size=16, sparsity=0.5, bits=4, bqpo=BQPOConfig(epochs=2) if bqpo else None)
     calib = torch.randint(0, shape.vocab, (nsamples, seqlen), generator=torch.Generator().manual_seed(seed))
     if device.type == "cuda":

@@ -51,13 +51,18 @@ def llama_config(shape: LlamaShape, blocks: int | None = None) -> LlamaConfig:
 
 class SynthLlamaSource:
     """The tensors of a LLaMA model of ``shape`` (its first ``blocks`` blocks), generated on
-    demand in ``dtype`` from ``seed``; names as transformers' ``LlamaForCausalLM`` state dict."""
+    demand in ``dtype`` from ``seed``; names as transformers' ``LlamaForCausalLM`` state dict.
+
+    ``generate_on="cuda"`` draws the numbers on the GPU (other values than on the CPU, same
+    shapes): at 70B shape a block then takes well under a second instead of 7.5 s of CPU
+    ``randn``, which is closer to reading it from a local NVMe file. Tensors are returned on
+    the CPU either way."""
 
     def __init__(self, shape: LlamaShape, blocks: int | None = None, seed: int = 0,
-                 dtype: torch.dtype = torch.float16):
+                 dtype: torch.dtype = torch.float16, generate_on: str | torch.device = "cpu"):
         model = skeleton(llama_config(shape, blocks), dtype)  # meta device: names and shapes only
         self._shapes = {k: tuple(v.shape) for k, v in model.state_dict().items()}
-        self.seed, self.dtype = seed, dtype
+        self.seed, self.dtype, self.generate_on = seed, dtype, torch.device(generate_on)
 
     def keys(self):
         return self._shapes.keys()
@@ -68,8 +73,9 @@ class SynthLlamaSource:
         shape = self._shapes[name]
         if name.endswith("norm.weight"):
             return torch.ones(shape, dtype=self.dtype)
-        gen = torch.Generator().manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
-        return (torch.randn(shape, generator=gen) * 0.02).to(self.dtype)
+        gen = torch.Generator(self.generate_on).manual_seed(self.seed * 1_000_003 + zlib.crc32(name.encode()))
+        w = torch.randn(shape, generator=gen, device=self.generate_on, dtype=self.dtype).mul_(0.02)
+        return w.cpu()  # a CPU tensor, as a file read gives
 
     def nbytes(self, prefix: str = "") -> int:
         """Bytes of the tensors whose names start with ``prefix`` (all by default)."""
