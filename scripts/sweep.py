@@ -80,10 +80,21 @@ GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     ("fp16", "FP16 (dequantized Q4_1)", "fp16", {}),
     # added after the first GPU session (2026-12-02): act-order and OWL, which compounded on the CPU
     # protocol at W3 S20 (149.0 -> 123.7 -> 107.9 on boolq; docs/oneshot.md)
+    # added after the second GPU session (2026-12-02): W2 S10 one-shot tied GPTQ's W2 line at 2.42 bits,
+    # and the stages took 32-86 % off every gqsa setting
+    ("gqsa-w2-s10-act-owl-stages", "GQSA W2 G16 S10% act-order + OWL + BQPO + E2E-OQP", "gqsa",
+     dict(bits=2, group_size=16, sparsity=0.1, allocation="owl", **_ACT, **_STAGES)),
+    ("gqsa-w2-s10-act-owl", "GQSA W2 G16 S10% act-order + OWL", "gqsa",
+     dict(bits=2, group_size=16, sparsity=0.1, allocation="owl", **_ACT)),
+    ("gqsa-w3-s10-act-owl-stages", "GQSA W3 G16 S10% act-order + OWL + BQPO + E2E-OQP", "gqsa",
+     dict(bits=3, group_size=16, sparsity=0.1, allocation="owl", **_ACT, **_STAGES)),
+    ("gqsa-w2-s0-act", "GQSA W2 G16 S0% act-order", "gqsa", dict(bits=2, group_size=16, sparsity=0.0, **_ACT)),
     ("gqsa-w3-s20-act-owl", "GQSA W3 G16 S20% act-order + OWL", "gqsa",
      dict(bits=3, group_size=16, sparsity=0.2, allocation="owl", **_ACT)),
     ("gqsa-w3-s20-act-owl-stages", "GQSA W3 G16 S20% act-order + OWL + BQPO + E2E-OQP", "gqsa",
      dict(bits=3, group_size=16, sparsity=0.2, allocation="owl", **_ACT, **_STAGES)),
+    # the one-shot twin of gqsa-w4-s35-stages (measured 2026-12-02): what the two stages bring
+    ("gqsa-w4-s35", "GQSA W4 G16 S35%", "gqsa", dict(**_W4, sparsity=0.35)),
     ("gqsa-w3-s20-act", "GQSA W3 G16 S20% act-order", "gqsa", dict(bits=3, group_size=16, sparsity=0.2, **_ACT)),
     ("gqsa-w3-s20-act-stages", "GQSA W3 G16 S20% act-order + BQPO + E2E-OQP", "gqsa",
      dict(bits=3, group_size=16, sparsity=0.2, **_ACT, **_STAGES)),
@@ -101,7 +112,6 @@ GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     ("gqsa-w4-s50-owl-linear", "GQSA W4 G16 S50% OWL per linear", "gqsa",
      dict(**_W4, sparsity=0.5, allocation="owl-linear")),
     ("gqsa-w4-s50-protect", "GQSA W4 G16 S50% protect 50x", "gqsa", dict(**_W4, sparsity=0.5, protect_ratio=50.0)),
-    ("gqsa-w4-s35", "GQSA W4 G16 S35%", "gqsa", dict(**_W4, sparsity=0.35)),
     ("gptq-w4-g128", "GPTQ W4 g128", "gptq", dict(bits=4, group_size=128)),
     ("gptq-w2-g64", "GPTQ W2 g64", "gptq", dict(bits=2, group_size=64)),
     ("gqsa-w4-s50-g8", "GQSA W4 G8 S50%", "gqsa", dict(bits=4, group_size=8, sparsity=0.5)),

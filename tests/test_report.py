@@ -93,3 +93,9 @@ def test_whole_model_columns_and_the_plot_axis(tmp_path):
     assert lines[3] == "| b | fp16 | 16.00 | – | – | 18.00 |"
     assert bits_axis(runs) == "bits_per_weight"  # b lacks the all-linears figure
     assert bits_axis(runs[:1]) == "bits_per_weight_all_linears"
+
+
+def test_pareto_front_keeps_only_points_no_cheaper_run_beats():
+    from gqsa.app.run_report import pareto_front
+    pts = [(3.0, 100.0), (2.5, 150.0), (3.0, 90.0), (3.3, 95.0), (4.0, 40.0), (2.4, 200.0)]
+    assert pareto_front(pts) == [(2.4, 200.0), (2.5, 150.0), (3.0, 90.0), (4.0, 40.0)]

@@ -200,18 +200,31 @@ def _figure(panels: int):
 
 
 def _scatter(ax, points: list[tuple[float, float, dict[str, Any]]]) -> None:
-    """One colour per method, every point labelled with its run label."""
+    """One colour per method, every point labelled with its run label; a line joins each method's
+    Pareto front (the points that no run of the method beats at fewer or equal bits)."""
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r["method"] for _, _, r in points))
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
     for m in methods:
-        xs, ys = zip(*sorted((x, y) for x, y, r in points if r["method"] == m))
-        ax.plot(xs, ys, color=colours[m], label=m, marker="o", markersize=6, linewidth=0.8, zorder=3)
+        pts = sorted((x, y) for x, y, r in points if r["method"] == m)
+        ax.scatter(*zip(*pts), color=colours[m], label=m, s=30, zorder=3)
+        front = pareto_front(pts)
+        ax.plot(*zip(*front), color=colours[m], linewidth=1.2, zorder=2)
     for x, y, r in points:
         ax.annotate(str(r["label"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
+
+
+def pareto_front(points: list[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The (bits, perplexity) points, sorted by bits, that have a lower perplexity than every
+    point at fewer or equal bits."""
+    front: list[tuple[float, float]] = []
+    for x, y in sorted(points):
+        if not front or y < front[-1][1]:
+            front.append((x, y))
+    return front
 
 
 def _save(fig, axes, path: Path) -> Path:
