@@ -16,6 +16,7 @@ gqsa_S{s}_tasks decode kernel, tasks schedule (batch 1 and 16)
 gqsa_S{s}_smallm small-batch tensor-core kernel (batch 16)
 gqsa_S{s}_gemm  split-K Triton sparse GEMM (batch 16 and 128)
 gqsa_S{s}_dense dequantize + cuBLAS (batch 128)
+gqsa_S{s}_v2    the v2 decode kernel (gqsa.kernels.gemv_v2, not yet dispatched), batch <= 16
 gqsa_S50_layer  dispatch path on layer-balanced rows (llama2-7b only)
 gqsa_S50_b{b}g{G} dispatch path for another bit width / group size (``--formats``, S50, uniform)
 ==============  =================================================================

@@ -157,6 +157,40 @@ def bench_gqsa(n: int, k: int, s: float, pattern: str, xs: dict, seed: int, deta
                 continue
             recs.append(dict(n=n, k=k, m=m, method=name + suffix, us=us, graph=graph, bytes=p.nbytes(), nnz=p.nnz,
                              schedule=sched, floor_us=floor_us))
+    if detail and pattern == "uniform":
+        recs += bench_v2(p, xs, name, floor_us)
     del copies, p
     torch.cuda.empty_cache()
     return recs
+
+
+def bench_v2(p: PackedGQS, xs: dict, name: str, v1_floor_us: float) -> list[dict]:
+    """The v2 decode kernel (:mod:`gqsa.kernels.gemv_v2`, not yet in the dispatch path) on the same
+    layer as ``p`` converted to format v2, batches up to 16: records ``{name}_v2`` with the bytes it
+    reads (the v2 tensors and its plan's row pointers and columns) and their read floor."""
+    from gqsa.format_v2 import from_v1
+    from gqsa.kernels.gemv_v2 import build_plan_v2, gqs_gemv_v2
+    p2 = from_v1(p)[0]
+    plan = build_plan_v2(p2)
+    nbytes = p2.nbytes() + plan.col.numel() * plan.col.element_size() + plan.row_ptr.numel() * 4
+    copies = [(p2, plan)] + [(q, build_plan_v2(q)) for q in (_clone_v2(p2) for _ in range(copies_for(nbytes) - 1))]
+    floor_us = read_floor_us(nbytes)[0]
+    recs = []
+    for m, x in xs.items():
+        if m > DECODE_MAX:
+            continue
+        fns = [lambda x=x, q=q, pl=pl: gqs_gemv_v2(x, q, None, pl) for q, pl in copies]
+        try:
+            us, graph = time_rotating(fns)
+        except (RuntimeError, ValueError, TritonError) as e:
+            print(f"FAILED {name}_v2 {p.out_features}x{p.in_features} M={m}: {str(e)[:200]}", flush=True)
+            recs.append(dict(n=p.out_features, k=p.in_features, m=m, method=name + "_v2", error=str(e)[:200]))
+            continue
+        recs.append(dict(n=p.out_features, k=p.in_features, m=m, method=name + "_v2", us=us, graph=graph,
+                         bytes=nbytes, nnz=p.nnz, floor_us=floor_us, v1_floor_us=v1_floor_us))
+    return recs
+
+
+def _clone_v2(p):
+    from dataclasses import replace
+    return replace(p, **{t: getattr(p, t).clone() for t in ("codes", "mask", "row_scale", "scale_codes", "zeros")})
