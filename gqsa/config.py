@@ -19,8 +19,9 @@ BALANCES = ("row", "layer")
 SALIENCIES = ("obs", "wanda")
 MASKS = ("adaptive", "static")
 ALLOCATIONS = ("uniform", "owl", "owl-linear")
+ACT_ORDER_GRIDS = ("compensated", "original")
 # What a config saved before these options existed did (their defaults changed when they came).
-LEGACY = {"allocation": "uniform", "act_order": False}
+LEGACY = {"allocation": "uniform", "act_order": False, "act_order_grids": "original"}
 
 
 @dataclass(frozen=True)
@@ -192,6 +193,11 @@ class GQSAConfig:
             stored layout is unchanged. Needs ``mask="static"``. None (default): on with the static
             mask, off with the adaptive one (docs/oneshot.md); False: left to right, each group's
             grid found when the sweep reaches it.
+        act_order_grids: where act-order's static grids come from: ``compensated`` (default) from
+            the weights after a pruning-only pass of the same sweep (the kept weights as the
+            compensation moved them), ``original`` from the weights before it (GPTQ's static
+            groups; the only choice before 2026-12-02). One more sweep per layer; measured in
+            docs/oneshot.md.
     """
 
     group_size: int = 16
@@ -211,6 +217,7 @@ class GQSAConfig:
     layer_sparsity: dict[str, float] | None = None
     protect_ratio: float = 0.0
     act_order: bool | None = None
+    act_order_grids: str = "compensated"
     bqpo: BQPOConfig | None = None
     e2e: E2EConfig | None = None
     version: int = field(default=CONFIG_VERSION)
@@ -254,6 +261,8 @@ class GQSAConfig:
         require(not self.act_order or self.mask == "static",
                 "act_order needs mask='static' (the adaptive mask follows the left-to-right column blocks): "
                 "pass act_order=False with mask='adaptive' (CLI: --act-order off)")
+        require(self.act_order_grids in ACT_ORDER_GRIDS,
+                f"act_order_grids must be one of {ACT_ORDER_GRIDS}, got {self.act_order_grids!r}")
         require(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
         require(self.block_size > 0 and self.block_size % self.group_size == 0,
                f"block_size must be a positive multiple of group_size, got {self.block_size!r}")

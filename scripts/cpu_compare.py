@@ -33,6 +33,9 @@ def main() -> None:
     ap.add_argument("bits", type=int)
     ap.add_argument("sparsity", type=float, nargs="?", default=None, help="gqsa: the sparsity")
     ap.add_argument("--act-order", action="store_true", help="gqsa: act-order (static groups)")
+    ap.add_argument("--act-order-grids", default="original", choices=["compensated", "original"],
+                    help="gqsa with --act-order: where the static grids come from (original: the runs before "
+                         "2026-12-02 evening)")
     ap.add_argument("--allocation", default="uniform", choices=["uniform", "owl", "owl-linear"], help="gqsa")
     ap.add_argument("--allocation-strength", type=float, default=0.08, help="gqsa: OWL's lambda")
     ap.add_argument("--seed", type=int, default=0, help="calibration windows' seed")
@@ -46,7 +49,8 @@ def main() -> None:
     t0 = time.perf_counter()
     if a.method == "gqsa":
         report = compress_method(model, "gqsa", bits=a.bits, group_size=16, sparsity=a.sparsity, calib=calib,
-                                 progress=False, act_order=a.act_order, allocation=a.allocation,
+                                 progress=False, act_order=a.act_order, act_order_grids=a.act_order_grids,
+                                 allocation=a.allocation,
                                  allocation_strength=a.allocation_strength)
     elif a.method == "gptq":  # its best settings: static act-order and clip search (the defaults)
         report = compress_method(model, "gptq", bits=a.bits, group_size=128, calib=calib, progress=False)

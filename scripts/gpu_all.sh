@@ -35,7 +35,8 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log, never abort 
 'triton', triton.__version__, 'transformers', transformers.__version__)"; echo 'code: the working tree this call carried (name its commit in docs)'
 } 2>&1 | tee -a "$LOG"
 
-[ "$MODE" = scale ] || step tests 200 python3 -m pytest tests/kernels tests/test_cli_gpu.py -q -rs -p no:cacheprovider -n 8
+[ "$MODE" = scale ] || step tests 200 python3 -m pytest tests/kernels tests/test_cli_gpu.py tests/solver/test_sweep_gpu.py \
+  tests/solver/test_hessian_gpu.py -q -rfEs -p no:cacheprovider -n 8
 case "$MODE" in
   tune)
     step tune 300 python3 -m gqsa.bench.tune --out "$OUT" ;;
@@ -57,4 +58,5 @@ esac
 
 echo; echo "=============== summary ($MODE) ==============="
 grep -E "passed|failed|error" "$LOG" | grep -E "^[0-9]+ (passed|failed)|^=+ .*(passed|failed)" | tail -2
+grep -E "^FAILED|^ERROR" "$LOG" | head -20  # which tests, not just how many
 python3 -m gqsa.bench.report "$OUT" 2>&1 | tail -60

@@ -75,20 +75,29 @@ RUNS: list[tuple[str, str, str, dict[str, Any]]] = [
 # after the v2 round trip of the solved layers; v1's bits and perplexity are logged beside them.
 _STAGES = dict(bqpo=BQPOConfig(), e2e=E2EConfig())
 _W4 = dict(bits=4, group_size=16)
-_ACT = dict(act_order=True)
+_ACT = dict(act_order=True)  # with the original grids (setdefault below)
+_ACTC = dict(act_order=True, act_order_grids="compensated")
 GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     ("fp16", "FP16 (dequantized Q4_1)", "fp16", {}),
     # added after the first GPU session (2026-12-02): act-order and OWL, which compounded on the CPU
     # protocol at W3 S20 (149.0 -> 123.7 -> 107.9 on boolq; docs/oneshot.md)
     # added after the second GPU session (2026-12-02): W2 S10 one-shot tied GPTQ's W2 line at 2.42 bits,
     # and the stages took 32-86 % off every gqsa setting
-    ("gqsa-w2-s10-act-owl-stages", "GQSA W2 G16 S10% act-order + OWL + BQPO + E2E-OQP", "gqsa",
-     dict(bits=2, group_size=16, sparsity=0.1, allocation="owl", **_ACT, **_STAGES)),
-    ("gqsa-w2-s10-act-owl", "GQSA W2 G16 S10% act-order + OWL", "gqsa",
-     dict(bits=2, group_size=16, sparsity=0.1, allocation="owl", **_ACT)),
-    ("gqsa-w3-s10-act-owl-stages", "GQSA W3 G16 S10% act-order + OWL + BQPO + E2E-OQP", "gqsa",
-     dict(bits=3, group_size=16, sparsity=0.1, allocation="owl", **_ACT, **_STAGES)),
-    ("gqsa-w2-s0-act", "GQSA W2 G16 S0% act-order", "gqsa", dict(bits=2, group_size=16, sparsity=0.0, **_ACT)),
+    # added after the second GPU session (2026-12-02): W2 S10 one-shot tied GPTQ's W2 line at 2.42 bits,
+    # the stages took 32-86 % off every gqsa setting, and act-order grids from the compensated
+    # weights (_ACTC) beat the original ones on the CPU protocol (W4 S50 -33 %, W3 S20 -10 %)
+    ("gqsa-w2-s10-actc-owl-stages", "GQSA W2 G16 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
+     dict(bits=2, group_size=16, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
+    ("gqsa-w4-s50-actc-owl", "GQSA W4 G16 S50% act-order (compensated grids) + OWL", "gqsa",
+     dict(bits=4, group_size=16, sparsity=0.5, allocation="owl", **_ACTC)),
+    ("gqsa-w3-s20-actc-owl", "GQSA W3 G16 S20% act-order (compensated grids) + OWL", "gqsa",
+     dict(bits=3, group_size=16, sparsity=0.2, allocation="owl", **_ACTC)),
+    ("gqsa-w2-s10-actc-owl", "GQSA W2 G16 S10% act-order (compensated grids) + OWL", "gqsa",
+     dict(bits=2, group_size=16, sparsity=0.1, allocation="owl", **_ACTC)),
+    ("gqsa-w3-s10-actc-owl-stages", "GQSA W3 G16 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
+     dict(bits=3, group_size=16, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
+    ("gqsa-w2-s0-actc", "GQSA W2 G16 S0% act-order (compensated grids)", "gqsa",
+     dict(bits=2, group_size=16, sparsity=0.0, **_ACTC)),
     ("gqsa-w3-s20-act-owl", "GQSA W3 G16 S20% act-order + OWL", "gqsa",
      dict(bits=3, group_size=16, sparsity=0.2, allocation="owl", **_ACT)),
     ("gqsa-w3-s20-act-owl-stages", "GQSA W3 G16 S20% act-order + OWL + BQPO + E2E-OQP", "gqsa",
@@ -133,6 +142,7 @@ for _name, _label, _method, _kw in RUNS + GPU_PLAN:
     if _method == "gqsa":
         _kw.setdefault("allocation", "uniform")
         _kw.setdefault("act_order", False)
+        _kw.setdefault("act_order_grids", "original")  # every run before 2026-12-02 evening
 GPU_TABLE_ORDER = [r[0] for r in GPU_PLAN]
 TABLE_ORDER = ["fp16", "rtn-w4-g128", "gptq-w4-g128", "rtn-w3-g128", "gptq-w3-g128", "rtn-w2-g64", "gptq-w2-g64",
                "sparsegpt-50", "sparsegpt-2of4", "wanda-2of4", "sparsegpt-2of4-w4", "gqsa-w4-s20", "gqsa-w4-s30",

@@ -58,9 +58,13 @@ def test_defaults_and_configs_saved_before_the_options():
     """Act-order and OWL are the defaults; a config saved before those options existed keeps the
     behaviour of its time (uniform, left to right), and the adaptive mask turns act-order off."""
     c = GQSAConfig()
-    assert c.allocation == "owl" and c.act_order is True
+    assert c.allocation == "owl" and c.act_order is True and c.act_order_grids == "compensated"
     assert GQSAConfig(mask="adaptive").act_order is False
-    old = {k: v for k, v in c.to_dict().items() if k not in ("allocation", "act_order")}
+    old = {k: v for k, v in c.to_dict().items() if k not in ("allocation", "act_order", "act_order_grids")}
     legacy = GQSAConfig.from_dict(old)
-    assert legacy.allocation == "uniform" and legacy.act_order is False
+    assert legacy.allocation == "uniform" and legacy.act_order is False and legacy.act_order_grids == "original"
+    morning = {k: v for k, v in c.to_dict().items() if k != "act_order_grids"}  # act-order, before the grid choice
+    assert GQSAConfig.from_dict(morning).act_order and GQSAConfig.from_dict(morning).act_order_grids == "original"
+    with pytest.raises(ValueError, match="act_order_grids must be one of"):
+        GQSAConfig(act_order_grids="pruned")
     assert GQSAConfig.from_dict(c.to_dict()) == c

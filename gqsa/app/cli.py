@@ -82,6 +82,9 @@ def _add_compress(sub) -> None:
                    help="gptq: column order (default static: by decreasing Hessian diagonal, grids of the "
                         "contiguous groups fixed up front; group: groups follow that order; off: left to right); "
                         "gqsa: static (the default) or off")
+    p.add_argument("--act-order-grids", default=None, choices=["compensated", "original"],
+                   help="gqsa with act-order: fix each group's grid from the weights after a pruning-only pass "
+                        "(compensated, the default) or before it (original, GPTQ's static groups)")
     p.add_argument("--skip", nargs="*", default=None, help=f"module names kept dense (default: {' '.join(d.skip)})")
     p.add_argument("--calib", default=DEFAULT_CALIBRATION_TEXT,
                    help="calibration text: builtin name, .txt/.jsonl/folder, or wikitext2/c4")
@@ -203,7 +206,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
     given = {"group_size": a.group_size, "sparsity": a.sparsity, "bits": a.bits, "balance": a.balance,
              "saliency": a.saliency, "mask": a.mask, "sparsity_ramp": a.sparsity_ramp,
              "allocation": _allocation(a), "allocation_strength": a.allocation_strength, "protect_ratio": a.protect_ratio,
-             "act_order": _gqsa_act_order(a.act_order),
+             "act_order": _gqsa_act_order(a.act_order), "act_order_grids": a.act_order_grids,
              "skip": None if a.skip is None else tuple(a.skip)}
     config = GQSAConfig(sym=a.sym, clip_search=not a.no_clip_search, **_stage_configs(a),
                         **{k: v for k, v in given.items() if v is not None})

@@ -54,7 +54,7 @@ def solve_layer(weight: torch.Tensor, acc: HessianAccumulator, config: GQSAConfi
     if config.act_order:
         del Hinv  # act-order inverts the permuted H itself: free this K x K float32 first (3.3 GB at K = 28,672)
         res = prune_quantize_act_order(W, acc.H, keep, config.group_size, config.bits, config.damp, config.sym,
-                                       config.clip_search, config.block_size)
+                                       config.clip_search, config.block_size, config.act_order_grids)
     else:
         res = prune_quantize(W, inverse_cholesky_upper(Hinv), keep, config.group_size, config.bits, config.sym,
                              config.clip_search, config.block_size, sparsity=config.sparsity if adaptive else None,

@@ -32,6 +32,8 @@ CASES = {
     "gqsa fixed mask": lambda W, acc, U, keep: prune_quantize(W, U, keep, 16, 4),
     "gqsa adaptive mask": lambda W, acc, U, keep: prune_quantize(W, U, None, 16, 3, sparsity=0.3),
     "gqsa act-order": lambda W, acc, U, keep: prune_quantize_act_order(W, acc.H, keep, 16, 4, 0.01),
+    "gqsa act-order, original grids": lambda W, acc, U, keep: prune_quantize_act_order(
+        W, acc.H, keep, 16, 4, 0.01, grids="original"),
     "gptq w3 g128 static": lambda W, acc, U, keep: gptq_layer(W, acc, BaselineConfig(
         method="gptq", bits=3, group_size=128, act_order="static")),
     "gptq w4 g64": lambda W, acc, U, keep: gptq_layer(W, acc, BaselineConfig(method="gptq", bits=4, group_size=64,
