@@ -1,10 +1,11 @@
 """One compression of SmolLM2 on the CPU protocol of docs/results.md, scored on two texts.
 
-    python scripts/cpu_compare.py gqsa BITS SPARSITY [--act-order] [--allocation owl] [--seed S] [--out FILE]
+    python scripts/cpu_compare.py gqsa BITS SPARSITY [--group-size G] [--act-order [--act-order-grids compensated]]
+        [--allocation owl] [--seed S] [--out FILE]
     python scripts/cpu_compare.py sparsegpt-2of4 BITS [--seed S] [--out FILE]     # 2:4 + W(BITS) g128
-    python scripts/cpu_compare.py gptq BITS [--seed S] [--out FILE]               # W(BITS) g128
+    python scripts/cpu_compare.py gptq BITS [--group-size g] [--seed S] [--out FILE]  # W(BITS) g128
 
-16 x 512 calibration tokens of CoQA (seed S, default 0); gqsa at G = 16 with its layers put
+16 x 512 calibration tokens of CoQA (seed S, default 0); gqsa at G = 16 (or --group-size) with its layers put
 through format v2 as a saved folder would be (gqsa.layer.roundtrip_model); then perplexity on
 the first 4 windows of 1,024 tokens of boolq and squad. Prints one JSON line (and writes it to
 --out). For side-by-side checks too slow for the sweep's whole plan on 2 cores (about 4 minutes
@@ -33,6 +34,8 @@ def main() -> None:
     ap.add_argument("bits", type=int)
     ap.add_argument("sparsity", type=float, nargs="?", default=None, help="gqsa: the sparsity")
     ap.add_argument("--act-order", action="store_true", help="gqsa: act-order (static groups)")
+    ap.add_argument("--group-size", type=int, default=None,
+                    help="gqsa: G, the pruning and quantization group (default 16); gptq: g (default 128)")
     ap.add_argument("--act-order-grids", default="original", choices=["compensated", "original"],
                     help="gqsa with --act-order: where the static grids come from (original: the runs before "
                          "2026-12-02 evening)")
@@ -48,12 +51,13 @@ def main() -> None:
     calib = calibration_windows(tok, load_texts(DEFAULT_CALIBRATION_TEXT, "calibration"), 16, 512, seed=a.seed)
     t0 = time.perf_counter()
     if a.method == "gqsa":
-        report = compress_method(model, "gqsa", bits=a.bits, group_size=16, sparsity=a.sparsity, calib=calib,
+        report = compress_method(model, "gqsa", bits=a.bits, group_size=a.group_size or 16, sparsity=a.sparsity, calib=calib,
                                  progress=False, act_order=a.act_order, act_order_grids=a.act_order_grids,
                                  allocation=a.allocation,
                                  allocation_strength=a.allocation_strength)
     elif a.method == "gptq":  # its best settings: static act-order and clip search (the defaults)
-        report = compress_method(model, "gptq", bits=a.bits, group_size=128, calib=calib, progress=False)
+        report = compress_method(model, "gptq", bits=a.bits, group_size=a.group_size or 128, calib=calib,
+                                 progress=False)
     else:
         report = compress_method(model, "sparsegpt", pattern="2:4", bits=a.bits, group_size=128, calib=calib,
                                  progress=False)

@@ -82,22 +82,34 @@ GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     # added after the first GPU session (2026-12-02): act-order and OWL, which compounded on the CPU
     # protocol at W3 S20 (149.0 -> 123.7 -> 107.9 on boolq; docs/oneshot.md)
     # added after the second GPU session (2026-12-02): W2 S10 one-shot tied GPTQ's W2 line at 2.42 bits,
-    # and the stages took 32-86 % off every gqsa setting
-    # added after the second GPU session (2026-12-02): W2 S10 one-shot tied GPTQ's W2 line at 2.42 bits,
-    # the stages took 32-86 % off every gqsa setting, and act-order grids from the compensated
-    # weights (_ACTC) beat the original ones on the CPU protocol (W4 S50 -33 %, W3 S20 -10 %)
+    # the stages took 32-86 % off every gqsa setting, act-order grids from the compensated weights
+    # (_ACTC) beat the original ones on the CPU protocol (W4 S50 -33 %, W3 S20 -10 %), and there
+    # coarser groups with less pruning did better per bit (W3 S10: G32 70.0 at 3.03 bits, G64 85.3
+    # at 2.88, against G16 S20's 105.6 at 3.05)
+    ("gqsa-w3-s10-g32-actc-owl-stages", "GQSA W3 G32 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP",
+     "gqsa", dict(bits=3, group_size=32, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
+    # W2 G32 S10 at 2.11 bits: 293.0 / 342.2 on the CPU protocol, GPTQ W2 g128 at 2.15 bits 580.9 / 724.1
+    ("gqsa-w2-s10-g32-actc-owl", "GQSA W2 G32 S10% act-order (compensated grids) + OWL", "gqsa",
+     dict(bits=2, group_size=32, sparsity=0.1, allocation="owl", **_ACTC)),
+    ("gptq-w2-g128", "GPTQ W2 g128", "gptq", dict(bits=2, group_size=128)),
+    ("gqsa-w2-s10-g32-actc-owl-stages", "GQSA W2 G32 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP",
+     "gqsa", dict(bits=2, group_size=32, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
+    ("gqsa-w3-s10-g32-actc-owl", "GQSA W3 G32 S10% act-order (compensated grids) + OWL", "gqsa",
+     dict(bits=3, group_size=32, sparsity=0.1, allocation="owl", **_ACTC)),
+    ("gqsa-w3-s10-g64-actc-owl", "GQSA W3 G64 S10% act-order (compensated grids) + OWL", "gqsa",
+     dict(bits=3, group_size=64, sparsity=0.1, allocation="owl", **_ACTC)),
     ("gqsa-w2-s10-actc-owl-stages", "GQSA W2 G16 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
      dict(bits=2, group_size=16, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
     ("gqsa-w4-s50-actc-owl", "GQSA W4 G16 S50% act-order (compensated grids) + OWL", "gqsa",
      dict(bits=4, group_size=16, sparsity=0.5, allocation="owl", **_ACTC)),
     ("gqsa-w3-s20-actc-owl", "GQSA W3 G16 S20% act-order (compensated grids) + OWL", "gqsa",
      dict(bits=3, group_size=16, sparsity=0.2, allocation="owl", **_ACTC)),
+    ("gqsa-w3-s10-g64-actc-owl-stages", "GQSA W3 G64 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP",
+     "gqsa", dict(bits=3, group_size=64, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
     ("gqsa-w2-s10-actc-owl", "GQSA W2 G16 S10% act-order (compensated grids) + OWL", "gqsa",
      dict(bits=2, group_size=16, sparsity=0.1, allocation="owl", **_ACTC)),
     ("gqsa-w3-s10-actc-owl-stages", "GQSA W3 G16 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
      dict(bits=3, group_size=16, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
-    ("gqsa-w2-s0-actc", "GQSA W2 G16 S0% act-order (compensated grids)", "gqsa",
-     dict(bits=2, group_size=16, sparsity=0.0, **_ACTC)),
     ("gqsa-w3-s20-act-owl", "GQSA W3 G16 S20% act-order + OWL", "gqsa",
      dict(bits=3, group_size=16, sparsity=0.2, allocation="owl", **_ACT)),
     ("gqsa-w3-s20-act-owl-stages", "GQSA W3 G16 S20% act-order + OWL + BQPO + E2E-OQP", "gqsa",
