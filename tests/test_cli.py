@@ -177,6 +177,9 @@ def test_gqsa_act_order_from_the_cli(model_dir, tmp_path, capsys):
     common = ["--calib", str(text), "--nsamples", "4", "--seqlen", "32", "--device", "cpu"]
     assert main(["compress", str(path), str(tmp_path / "a"), *common, "--act-order", "static"]) == 0
     qc = json.loads((tmp_path / "a" / "config.json").read_text())["quantization_config"]
-    assert qc["act_order"] is True
+    assert qc["act_order"] is True and qc["act_order_grids"] == "compensated"
+    assert main(["compress", str(path), str(tmp_path / "c"), *common, "--act-order-grids", "original"]) == 0
+    qc = json.loads((tmp_path / "c" / "config.json").read_text())["quantization_config"]
+    assert qc["act_order"] is True and qc["act_order_grids"] == "original"
     assert main(["compress", str(path), str(tmp_path / "b"), *common, "--act-order", "group"]) == 2
     assert "static or off" in capsys.readouterr().err
