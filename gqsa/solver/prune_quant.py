@@ -66,7 +66,29 @@ def prune_quantize(W: torch.Tensor, U: torch.Tensor, keep: torch.Tensor | None, 
     return LayerResult(targets.codes, targets.scales, targets.zeros, keep, targets.out)
 
 
-class _GroupTargets:
+class _RoundedColumns:
+    """Buffers shared by the rounding targets: the layer's codes and values [N, K] float32, and per
+    block the kept flags [N, B] and each column's codes and values [N, B] (the graph's buffers)."""
+
+    graph_safe = True
+
+    def __init__(self, n: int, k: int, block_size: int, bits: int, device: torch.device):
+        self.bits = bits
+        self.codes, self.out = torch.zeros(n, k, device=device), torch.zeros(n, k, device=device)
+        self.keep = torch.zeros(n, block_size, dtype=torch.bool, device=device)
+        self.q1, self.dq1 = torch.zeros(n, block_size, device=device), torch.zeros(n, block_size, device=device)
+
+    def _round(self, i: int, w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor) -> torch.Tensor:
+        """Column i of the block on the grid (scale, zero [N]) where kept, 0 elsewhere; its values [N]."""
+        self.q1[:, i], self.dq1[:, i] = kept_or_zero(w, scale, zero, self.keep[:, i], self.bits)
+        return self.dq1[:, i]
+
+    def end(self, i1: int, i2: int) -> None:
+        b = i2 - i1
+        self.codes[:, i1:i2], self.out[:, i1:i2] = self.q1[:, :b], self.dq1[:, :b]
+
+
+class _GroupTargets(_RoundedColumns):
     """Column targets of :func:`prune_quantize` (a :class:`gqsa.solver.sweep.BlockTargets`): at the
     first column of each group its scale and zero are fixed from the group's updated weights,
     then each column is rounded to that grid where kept and set to 0 where pruned.
@@ -74,18 +96,14 @@ class _GroupTargets:
 
     def __init__(self, n: int, k: int, group_size: int, bits: int, block_size: int, device: torch.device,
                  sym: bool, clip_search: bool, select):
-        if block_size % group_size:
+        if block_size % group_size:  # then groups start at the same places i of every block
             raise ValueError(f"block_size {block_size} must be a multiple of group_size {group_size}")
-        self.g, self.bits, self.sym, self.clip_search = group_size, bits, sym, clip_search
-        self.graph_safe = True  # groups start at the same places i of every block
-        self.codes, self.out = torch.zeros(n, k, device=device), torch.zeros(n, k, device=device)
+        super().__init__(n, k, block_size, bits, device)
+        self.g, self.sym, self.clip_search, self.select = group_size, sym, clip_search, select
         self.scales = torch.ones(n, k // group_size, device=device)
         self.zeros = torch.zeros(n, k // group_size, device=device)
         nb = block_size // group_size
-        self.keep = torch.zeros(n, block_size, dtype=torch.bool, device=device)
-        self.q1, self.dq1 = torch.zeros(n, block_size, device=device), torch.zeros(n, block_size, device=device)
         self.s1, self.z1 = torch.ones(n, nb, device=device), torch.zeros(n, nb, device=device)
-        self.select = select
 
     def begin(self, i1: int, i2: int, W1: torch.Tensor, U1: torch.Tensor) -> None:
         self.keep[:, :i2 - i1] = self.select(i1, i2, W1, U1).repeat_interleave(self.g, dim=1)
@@ -94,13 +112,10 @@ class _GroupTargets:
         g = i // self.g
         if i % self.g == 0:
             self.s1[:, g], self.z1[:, g] = group_params(W1[:, i:i + self.g], self.bits, self.sym, self.clip_search)
-        self.q1[:, i], self.dq1[:, i] = kept_or_zero(W1[:, i], self.s1[:, g], self.z1[:, g], self.keep[:, i],
-                                                     self.bits)
-        return self.dq1[:, i]
+        return self._round(i, W1[:, i], self.s1[:, g], self.z1[:, g])
 
     def end(self, i1: int, i2: int) -> None:
-        b = i2 - i1
-        self.codes[:, i1:i2], self.out[:, i1:i2] = self.q1[:, :b], self.dq1[:, :b]
+        super().end(i1, i2)
         g1, g2 = i1 // self.g, i2 // self.g
         self.scales[:, g1:g2], self.zeros[:, g1:g2] = self.s1[:, :g2 - g1], self.z1[:, :g2 - g1]
 
@@ -179,22 +194,18 @@ class PruneTargets:
         self.out[:, i1:i2] = self.out1[:, :i2 - i1]
 
 
-class StaticGridTargets:
+class StaticGridTargets(_RoundedColumns):
     """Column targets on grids fixed before the sweep (a :class:`gqsa.solver.sweep.BlockTargets`):
     processed column c is rounded to group ``groups[c]``'s grid (scales, zeros [N, ng]) where
     ``keep_cols[:, c]`` and set to 0 elsewhere. Each block gathers its columns' grids first."""
 
-    graph_safe = True
-
     def __init__(self, scales: torch.Tensor, zeros: torch.Tensor, groups: torch.Tensor, keep_cols: torch.Tensor,
                  bits: int, block_size: int):
         n, k = keep_cols.shape
-        dev = keep_cols.device
-        self.scales, self.zeros, self.groups, self.keep_cols, self.bits = scales, zeros, groups, keep_cols, bits
-        self.codes, self.out = torch.zeros(n, k, device=dev), torch.zeros(n, k, device=dev)
-        self.s1, self.z1 = torch.ones(n, block_size, device=dev), torch.zeros(n, block_size, device=dev)
-        self.keep = torch.zeros(n, block_size, dtype=torch.bool, device=dev)
-        self.q1, self.dq1 = torch.zeros(n, block_size, device=dev), torch.zeros(n, block_size, device=dev)
+        super().__init__(n, k, block_size, bits, keep_cols.device)
+        self.scales, self.zeros, self.groups, self.keep_cols = scales, zeros, groups, keep_cols
+        self.s1 = torch.ones(n, block_size, device=keep_cols.device)
+        self.z1 = torch.zeros(n, block_size, device=keep_cols.device)
 
     def begin(self, i1: int, i2: int, W1: torch.Tensor, U1: torch.Tensor) -> None:
         b, g = i2 - i1, self.groups[i1:i2]
@@ -202,13 +213,7 @@ class StaticGridTargets:
         self.keep[:, :b] = self.keep_cols[:, i1:i2]
 
     def target(self, i: int, W1: torch.Tensor) -> torch.Tensor:
-        self.q1[:, i], self.dq1[:, i] = kept_or_zero(W1[:, i], self.s1[:, i], self.z1[:, i], self.keep[:, i],
-                                                     self.bits)
-        return self.dq1[:, i]
-
-    def end(self, i1: int, i2: int) -> None:
-        b = i2 - i1
-        self.codes[:, i1:i2], self.out[:, i1:i2] = self.q1[:, :b], self.dq1[:, :b]
+        return self._round(i, W1[:, i], self.s1[:, i], self.z1[:, i])
 
 
 def adaptive_block_keep(W1: torch.Tensor, U1: torch.Tensor, group_size: int, kept: int,
