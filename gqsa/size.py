@@ -39,9 +39,10 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import torch
 from torch import nn
 
-from gqsa.format_v2 import to_stored
+from gqsa.format_v2 import v2_shapes
 from gqsa.layer import GQSLinear
 
 if TYPE_CHECKING:
@@ -66,8 +67,11 @@ def packed_layer_bits(layer: GQSLinear) -> dict[str, int]:
     """Bits of each tensor a folder stores for a GQSLinear: its format-version-2 tensors
     (``codes``, ``mask``, ``row_scale``, ``scale_codes``, ``zeros``; :mod:`gqsa.format_v2`)
     and ``bias``: 8 x their bytes."""
-    tensors = {**to_stored(layer.packed()), "bias": layer.bias}
-    return {n: 8 * t.numel() * t.element_size() for n, t in tensors.items() if t is not None}
+    shapes = v2_shapes(layer.out_features, layer.in_features, layer.nnz, layer.group_size, layer.bits)
+    bits = {n: 8 * math.prod(shape) * torch.empty((), dtype=dt).element_size() for n, (shape, dt) in shapes.items()}
+    if layer.bias is not None:
+        bits["bias"] = 8 * layer.bias.numel() * layer.bias.element_size()
+    return bits
 
 
 def baseline_layer_bits(cfg: BaselineConfig, out_features: int, in_features: int,

@@ -64,12 +64,11 @@ class _ObsTargets:
     the group's grid at its first column (or gathered up front when ``static``), then each column
     pruned and rounded. Block buffers: keep1 [N, B], the grids per column (static) or per group."""
 
+    graph_safe = True  # block_size is a multiple of G and of M (BaselineConfig): every branch depends on i only
 
     def __init__(self, n: int, k: int, cfg: BaselineConfig, groups: torch.Tensor, scales: torch.Tensor,
                  zeros: torch.Tensor, static: bool, device: torch.device):
         b = cfg.block_size
-        # block_size is a multiple of G and of M (BaselineConfig), so every branch depends on i only
-        self.graph_safe = True
         self.cfg, self.groups, self.scales, self.zeros, self.static = cfg, groups, scales, zeros, static
         self.keep = torch.ones(n, k, dtype=torch.bool, device=device)
         self.codes, self.Q = torch.zeros(n, k, device=device), torch.zeros(n, k, device=device)

@@ -193,4 +193,6 @@ def bench_v2(p: PackedGQS, xs: dict, name: str, v1_floor_us: float) -> list[dict
 
 def _clone_v2(p):
     from dataclasses import replace
-    return replace(p, **{t: getattr(p, t).clone() for t in ("codes", "mask", "row_scale", "scale_codes", "zeros")})
+
+    from gqsa.format_v2 import TENSOR_NAMES_V2
+    return replace(p, **{t: getattr(p, t).clone() for t in TENSOR_NAMES_V2})

@@ -56,11 +56,15 @@ def _gram_exact(x: torch.Tensor) -> torch.Tensor:
     return out
 
 
+_OUT_DTYPE_MM = [True]  # False once torch has said it has no mm(..., out_dtype=) for these inputs
+
+
 def _gram_chunk(x: torch.Tensor) -> torch.Tensor:
-    try:
-        return torch.mm(x.T, x, out_dtype=torch.float32)
-    except (TypeError, RuntimeError, NotImplementedError):
-        pass
+    if _OUT_DTYPE_MM[0]:
+        try:
+            return torch.mm(x.T, x, out_dtype=torch.float32)
+        except (TypeError, RuntimeError, NotImplementedError):
+            _OUT_DTYPE_MM[0] = False  # asked once, not once per chunk
     xf = x.float()
     old = torch.backends.cuda.matmul.allow_tf32
     torch.backends.cuda.matmul.allow_tf32 = True

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 
 import torch
 
+from gqsa.config import ACT_ORDER_GRIDS
 from gqsa.solver.hessian import damped_inverse, inverse_cholesky_upper
 from gqsa.solver.quant import dequantize_codes, group_params, quantize, rtn_quantize
 from gqsa.solver.saliency import obs_group_scores, protect_scores
@@ -151,21 +152,22 @@ def prune_quantize_act_order(W: torch.Tensor, H: torch.Tensor, keep: torch.Tenso
         keep: [N, K/G] bool, the mask fixed up front. damp: as :func:`damped_inverse`.
     Returns a :class:`LayerResult` in the original column order.
     """
-    if grids not in ("compensated", "original"):
-        raise ValueError(f"grids must be 'compensated' or 'original', got {grids!r}")
+    if grids not in ACT_ORDER_GRIDS:
+        raise ValueError(f"grids must be one of {ACT_ORDER_GRIDS}, got {grids!r}")
     perm = torch.argsort(torch.diag(H), descending=True, stable=True)
     inv = torch.argsort(perm)
     U = inverse_cholesky_upper(damped_inverse(H.index_select(0, perm).index_select(1, perm), damp))
     keep_cols = keep.repeat_interleave(group_size, dim=1)[:, perm]
+    Wp = W[:, perm]  # both sweeps read the same permuted copy
     source = W
     if grids == "compensated":
         pruned = PruneTargets(keep_cols, block_size)
-        lazy_obs_sweep(W[:, perm], U, block_size, pruned)
+        lazy_obs_sweep(Wp, U, block_size, pruned)
         source = pruned.out[:, inv]
     _, scales, zeros, _ = rtn_quantize(source, bits, group_size, sym, clip_search)  # [N, K/G]
     del source
     targets = StaticGridTargets(scales, zeros, perm // group_size, keep_cols, bits, block_size)
-    lazy_obs_sweep(W[:, perm], U, block_size, targets)
+    lazy_obs_sweep(Wp, U, block_size, targets)
     return LayerResult(targets.codes[:, inv], scales, zeros, keep, targets.out[:, inv])
 
 
