@@ -132,6 +132,16 @@ def decode_scales(row_scale: torch.Tensor, scale_codes: torch.Tensor, rows: torc
     return (row_scale.float()[rows] * torch.exp2(exponent)).to(dtype)
 
 
+def snap_scales(scales: torch.Tensor) -> torch.Tensor:
+    """Per-group scales [N, ng] (positive float) -> the values version 2 stores for them (one fp16
+    factor a row, an 8-bit log code a group), same shape and dtype. Used to give a baseline the
+    same scale storage as gqsa (:class:`gqsa.baselines.BaselineConfig` ``scale_format="log8"``)."""
+    n, ng = scales.shape
+    rows = torch.arange(n, device=scales.device).repeat_interleave(ng)
+    row_scale, codes, _ = encode_scales(scales.reshape(-1), rows, n)
+    return decode_scales(row_scale, codes, rows, torch.float32).reshape(n, ng).to(scales.dtype)
+
+
 def _round_up_fp16(x: torch.Tensor) -> torch.Tensor:
     """float32 [N] -> the smallest float16 values >= x."""
     h = x.to(torch.float16)

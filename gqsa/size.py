@@ -16,7 +16,8 @@ Every linear of the decoder blocks is counted part by part (bits):
   codes       N K d b (b = 16: the kept fp16 values)
   mask        unstructured sparsity: a bitmap, N K (1 bit per weight)
   index       N:M sparsity: ceil(log2 M) per kept weight, N K d (NVIDIA's 2:4 metadata: 2 bits)
-  scales      quantized: one fp16 scale per group of G *input* columns of a row: 16 N ng
+  scales      quantized: one fp16 scale per group of G *input* columns of a row: 16 N ng;
+              with ``scale_format="log8"`` gqsa's storage instead: 8 N ng + 16 N
   zeros       quantized: one b-bit zero point per group (GPTQ/AutoGPTQ packing): b N ng
               (symmetric too: the packed GPTQ format keeps its constant zeros)
   g_idx       GPTQ act_order="group": one int32 group index per input column: 32 K
@@ -50,11 +51,13 @@ if TYPE_CHECKING:
 
 FP16_BITS = 16
 SCALE_BITS = 16
+LOG_SCALE_BITS = 8
 G_IDX_BITS = 32
 PARTS = ("codes", "mask", "index", "col_idx", "row_ptr", "scales", "zeros", "g_idx", "bias")
 BITS_CONVENTION = ("gqsa.size: compressed linears part by part (codes, mask/index, col_idx, row_ptr, "
-                   "fp16 scales, zeros, g_idx, bias): gqsa its packed bytes, baselines b bits per kept "
-                   "weight + fp16 scale and b-bit zero per group + bitmap (unstructured) or ceil(log2 M) "
+                   "scales, zeros, g_idx, bias): gqsa its packed bytes, baselines b bits per kept "
+                   "weight + fp16 scale (8-bit log code under an fp16 row factor with scale_format log8) "
+                   "and b-bit zero per group + bitmap (unstructured) or ceil(log2 M) "
                    "bits per kept weight (N:M); skipped linears and the rest of the model at 16 bits")
 
 
@@ -87,6 +90,8 @@ def baseline_layer_bits(cfg: BaselineConfig, out_features: int, in_features: int
     if cfg.quantized:
         ng = math.ceil(k / cfg.group_size)
         parts["scales"], parts["zeros"] = n * ng * SCALE_BITS, n * ng * cfg.bits
+        if getattr(cfg, "scale_format", "fp16") == "log8":  # gqsa's v2 scales: 8 bits a group, an fp16 factor a row
+            parts["scales"] = n * ng * LOG_SCALE_BITS + n * FP16_BITS
     if getattr(cfg, "act_order", "off") == "group":
         parts["g_idx"] = k * G_IDX_BITS
     if bias:

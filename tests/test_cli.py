@@ -45,6 +45,11 @@ def test_bad_settings_are_clear_errors(model_dir, tmp_path, capsys):
     assert "bits must be one of" in capsys.readouterr().err
     assert main(["compress", str(path), str(tmp_path / "o"), "--sparsity-ramp", "1.2", "--calib", str(text)]) == 2
     assert "sparsity_ramp must be in" in capsys.readouterr().err
+    assert main(["compress", str(path), str(tmp_path / "o"), "--scale-format", "log8", "--calib", str(text)]) == 2
+    assert "--scale-format is a baseline setting" in capsys.readouterr().err
+    assert main(["compress", str(path), str(tmp_path / "o"), "--method", "gptq", "--act-order", "off",
+                 "--scale-format", "log8", "--calib", str(text)]) == 2
+    assert "needs grids fixed before the sweep" in capsys.readouterr().err
 
 
 def test_sparsity_ramp_is_saved_and_shapes_the_blocks(model_dir, tmp_path):

@@ -75,6 +75,9 @@ def _add_compress(sub) -> None:
                    help="gqsa: keep, in every row, the groups of input channels whose calibration RMS exceeds this "
                         "many times the layer's median (massive activations); 0 = off (default)")
     p.add_argument("--sym", action="store_true", help="symmetric quantization")
+    p.add_argument("--scale-format", default=None, choices=["fp16", "log8"],
+                   help="baselines: store group scales as fp16 (default, as GPTQ tools do) or as gqsa's 8-bit log "
+                        "codes under an fp16 row factor (log8: rtn, or gptq with static act-order)")
     p.add_argument("--no-clip-search", action="store_true", help="plain min-max ranges")
     p.add_argument("--clip-search", action="store_true",
                    help="rtn, sparsegpt: search each group's range shrink too (gqsa and gptq do by default)")
@@ -203,6 +206,8 @@ def cmd_compress(a: argparse.Namespace) -> int:
     device = pick_device(a.device)
     if a.method != "gqsa":
         return _compress_baseline(a, device, pick_dtype(a.dtype, device))
+    if a.scale_format is not None:
+        raise ValueError("--scale-format is a baseline setting: gqsa always stores its scales as 8-bit log codes")
     given = {"group_size": a.group_size, "sparsity": a.sparsity, "bits": a.bits, "balance": a.balance,
              "saliency": a.saliency, "mask": a.mask, "sparsity_ramp": a.sparsity_ramp,
              "allocation": _allocation(a), "allocation_strength": a.allocation_strength, "protect_ratio": a.protect_ratio,
@@ -237,7 +242,8 @@ def _compress_baseline(a: argparse.Namespace, device, dtype) -> int:
                                    a.nsamples, a.seqlen, device, dtype, a.seed, a.batch_size, a.overwrite,
                                    sym=a.sym, clip_search=True if a.clip_search else (False if a.no_clip_search else None),
                                    **({} if a.skip is None else {"skip": tuple(a.skip)}),
-                                   **({} if a.act_order is None else {"act_order": a.act_order}))
+                                   **({} if a.act_order is None else {"act_order": a.act_order}),
+                                   **({} if a.scale_format is None else {"scale_format": a.scale_format}))
     _table([("output", a.out), ("method", f"{a.method} {log['settings']}"),
             ("bits per weight (compressed layers; gqsa.size)", f"{log['bits_per_weight']:.3f}"),
             *_whole_model_rows(log), ("time", f"{log['seconds']:.1f} s")])

@@ -35,6 +35,11 @@ NO_QUANT = 16
 # consecutive columns of that order with its grid found on the fly: needs a per-column group
 # index at inference, GPTQ's desc_act / llm-compressor's actorder="weight")
 ACT_ORDERS = ("off", "static", "group")
+# how a quantized baseline stores its group scales: "fp16" (one fp16 scale a group, as GPTQ,
+# AutoGPTQ and llm-compressor save them) or "log8" (gqsa's version-2 scales: an 8-bit log code a
+# group under one fp16 factor a row, gqsa.format_v2; the grids are snapped before the sweep, so
+# the compensation sees the stored scales)
+SCALE_FORMATS = ("fp16", "log8")
 # method -> allowed pattern kinds ("nm" stands for any N:M)
 PATTERNS = {"rtn": ("dense",), "gptq": ("dense",), "sparsegpt": ("unstructured", "nm"),
             "wanda": ("unstructured", "nm")}
@@ -73,6 +78,9 @@ class BaselineConfig:
             observer); default True for gptq (with static act-order on SmolLM2 W3 g64:
             perplexity 38.0 / 47.6 against 46.2 / 58.4 with min-max), False for the others
             (not measured there).
+        scale_format: ``fp16`` or ``log8`` (see ``SCALE_FORMATS``): ``log8`` gives a baseline
+            gqsa's own 8-bit scale storage, so the two are compared at the same metadata cost;
+            it needs grids fixed before the sweep (rtn, or gptq with ``act_order="static"``).
         damp: Hessian dampening, as a fraction of the mean of its diagonal (llm-compressor's
             ``dampening_frac`` 0.01 is the same quantity).
         block_size: columns per lazy-batch update (GPTQ) and per adaptive mask selection
@@ -88,6 +96,7 @@ class BaselineConfig:
     sym: bool = False
     act_order: str | None = None
     clip_search: bool | None = None
+    scale_format: str = "fp16"
     damp: float = 0.01
     block_size: int = 128
     skip: tuple[str, ...] = ("lm_head",)
@@ -118,6 +127,11 @@ class BaselineConfig:
         require(0.0 < self.damp < 1.0, f"damp must be in (0, 1), got {self.damp!r}")
         require(self.act_order in ACT_ORDERS, f"act_order must be one of {ACT_ORDERS}, got {self.act_order!r}")
         require(self.act_order == "off" or self.method == "gptq", "act_order applies to gptq only")
+        require(self.scale_format in SCALE_FORMATS,
+               f"scale_format must be one of {SCALE_FORMATS}, got {self.scale_format!r}")
+        fixed_grids = self.quantized and (self.method == "rtn" or self.act_order == "static")
+        require(self.scale_format == "fp16" or fixed_grids,
+               "scale_format 'log8' needs grids fixed before the sweep: rtn, or gptq with act_order 'static'")
         _check_block(self, nm)
         require(self.version == BASELINE_VERSION,
                f"baseline config version {self.version} is not supported (knows {BASELINE_VERSION})")

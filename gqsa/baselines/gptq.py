@@ -9,7 +9,8 @@ columns not yet quantized (:func:`gqsa.baselines.obs.obs_sweep`, lazy batches of
 - ``static``: by decreasing Hessian diagonal (GPTQ's "act-order"), with the grids of the
   original contiguous groups fixed up front from the original weights (AutoGPTQ's
   ``static_groups``, llm-compressor's default ``actorder="static"``): the saved layer
-  needs no column permutation and no group index;
+  needs no column permutation and no group index; the only order that takes
+  ``scale_format="log8"`` (the fixed grids are snapped to gqsa's 8-bit scales before the sweep);
 - ``group``: by decreasing Hessian diagonal, a group being G consecutive columns *of that
   order* with its grid found on the fly (AutoGPTQ's ``desc_act`` without static groups,
   llm-compressor's ``actorder="weight"``); the layer then needs a per-column group index
@@ -23,6 +24,7 @@ import torch
 from gqsa.baselines.config import BaselineConfig
 from gqsa.baselines.obs import obs_sweep
 from gqsa.baselines.rtn import rtn_quantize
+from gqsa.format_v2 import snap_scales
 from gqsa.solver.hessian import (
     HessianAccumulator,
     damped_inverse,
@@ -69,6 +71,8 @@ def gptq_layer(weight: torch.Tensor, acc: HessianAccumulator, cfg: BaselineConfi
     U = inverse_cholesky_upper(damped_inverse(acc.H[perm][:, perm], cfg.damp))
     if cfg.act_order == "static":
         _, scales, zeros, _ = rtn_quantize(W, cfg.bits, cfg.group_size, cfg.sym, cfg.clip_search)
+        if cfg.scale_format == "log8":
+            scales = snap_scales(scales)
         groups = (torch.arange(W.shape[1], device=W.device) // cfg.group_size)[perm]
         res = obs_sweep(W[:, perm], U, cfg, static=(groups, scales, zeros))
     else:

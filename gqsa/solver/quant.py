@@ -115,9 +115,26 @@ def rtn_quantize(W: torch.Tensor, bits: int, group_size: int, sym: bool = False,
     """
     n, k = W.shape
     ng = -(-k // group_size)
-    Wp = F.pad(W.float(), (0, ng * group_size - k)).reshape(n * ng, group_size)
-    s, z = group_params(Wp, bits, sym, clip_search)
-    q = quantize(Wp, s, z, bits)
+    s, z = group_params(_padded_groups(W, group_size), bits, sym, clip_search)
+    s, z = s.reshape(n, ng), z.reshape(n, ng)
+    q, dq = grid_quantize(W, s, z, bits, group_size)
+    return q, s, z, dq
+
+
+def grid_quantize(W: torch.Tensor, scales: torch.Tensor, zeros: torch.Tensor, bits: int, group_size: int
+                  ) -> tuple[torch.Tensor, torch.Tensor]:
+    """Round W [N, K] to the given grids, scales and zeros [N, ceil(K/G)] float; returns the codes
+    and the dequantized weight, both [N, K] float32."""
+    n, k = W.shape
+    s, z = scales.reshape(-1), zeros.reshape(-1)
+    q = quantize(_padded_groups(W, group_size), s, z, bits)
     dq = dequantize_codes(q, s, z)
-    crop = lambda t: t.reshape(n, ng * group_size)[:, :k]  # noqa: E731
-    return crop(q), s.reshape(n, ng), z.reshape(n, ng), crop(dq)
+    crop = lambda t: t.reshape(n, -1)[:, :k]  # noqa: E731
+    return crop(q), crop(dq)
+
+
+def _padded_groups(W: torch.Tensor, group_size: int) -> torch.Tensor:
+    """W [N, K] -> float32 [N * ceil(K/G), G], the short last group of each row padded with zeros."""
+    n, k = W.shape
+    ng = -(-k // group_size)
+    return F.pad(W.float(), (0, ng * group_size - k)).reshape(n * ng, group_size)

@@ -78,3 +78,35 @@ def test_clip_search_lowers_the_error_of_the_fixed_grids():
     r_plain, r_clip = gptq_layer(W, acc, plain), gptq_layer(W, acc, clip)
     assert not torch.equal(r_plain.scales, r_clip.scales)
     assert (r_clip.scales <= r_plain.scales + 1e-6).all()  # a clip only shrinks the range
+
+
+def test_log8_scales_are_what_gqsa_would_store_and_the_sweep_rounds_to_them():
+    """scale_format="log8": the fixed grids are gqsa's stored scales (one fp16 factor a row, an
+    8-bit log code a group), the codes and weight follow them, and the error stays near fp16's."""
+    from gqsa.format_v2 import SPAN_OCTAVES, snap_scales
+    W, acc = make_layer(n=64, k=256)
+    fp16 = gptq_layer(W, acc, BaselineConfig("gptq", bits=3, group_size=64, act_order="static"))
+    log8 = gptq_layer(W, acc, BaselineConfig("gptq", bits=3, group_size=64, act_order="static", scale_format="log8"))
+    torch.testing.assert_close(log8.scales, snap_scales(fp16.scales), rtol=0, atol=0)
+    assert not torch.equal(log8.scales, fp16.scales)
+    rel = (log8.scales / fp16.scales - 1).abs().max()
+    assert rel <= 2 ** (SPAN_OCTAVES / 510) - 1 + 1e-6  # half a step of the log grid
+    torch.testing.assert_close(dequantize_result(log8, 64), log8.weight)
+    e16, e8 = output_error(W, fp16.weight, acc.H), output_error(W, log8.weight, acc.H)
+    assert e8 < 1.05 * e16, (e8, e16)
+
+
+@pytest.mark.parametrize("kw", [dict(method="gptq", act_order="off"), dict(method="gptq", act_order="group"),
+                                dict(method="sparsegpt", pattern="2:4")])
+def test_log8_scales_need_grids_fixed_up_front(kw):
+    with pytest.raises(ValueError, match="log8"):
+        BaselineConfig(bits=3, group_size=64, scale_format="log8", **kw)
+
+
+def test_rtn_log8_rounds_to_the_snapped_grid(layer):
+    from gqsa.format_v2 import snap_scales
+    W, acc = layer
+    plain = rtn_layer(W, acc, BaselineConfig("rtn", bits=4, group_size=128))
+    log8 = rtn_layer(W, acc, BaselineConfig("rtn", bits=4, group_size=128, scale_format="log8"))
+    torch.testing.assert_close(log8.scales, snap_scales(plain.scales), rtol=0, atol=0)
+    torch.testing.assert_close(dequantize_result(log8, 128), log8.weight)
