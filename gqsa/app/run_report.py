@@ -199,20 +199,27 @@ def _figure(panels: int):
     return fig, list(axes[0])
 
 
+LABEL_ALL = 12  # label every point of a panel up to this many
+
+
 def _scatter(ax, points: list[tuple[float, float, dict[str, Any]]]) -> None:
-    """One colour per method, every point labelled with its run label; a line joins each method's
-    Pareto front (the points that no run of the method beats at fewer or equal bits)."""
+    """One colour per method; a line joins each method's Pareto front (the points that no run of
+    the method beats at fewer or equal bits). Points carry their run label; with more than
+    ``LABEL_ALL`` points only those on a front do (the table lists the rest)."""
     import matplotlib.pyplot as plt
 
     methods = list(dict.fromkeys(r["method"] for _, _, r in points))
     colours = {m: plt.cm.tab10(i % 10) for i, m in enumerate(methods)}
+    on_front: set[tuple[str, float, float]] = set()
     for m in methods:
         pts = sorted((x, y) for x, y, r in points if r["method"] == m)
         ax.scatter(*zip(*pts), color=colours[m], label=m, s=30, zorder=3)
         front = pareto_front(pts)
+        on_front.update((m, x, y) for x, y in front)
         ax.plot(*zip(*front), color=colours[m], linewidth=1.2, zorder=2)
     for x, y, r in points:
-        ax.annotate(str(r["label"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
+        if len(points) <= LABEL_ALL or (r["method"], x, y) in on_front:
+            ax.annotate(str(r["label"]), (x, y), textcoords="offset points", xytext=(4, 3), fontsize=7)
     ax.set_yscale("log")
     ax.grid(True, which="both", alpha=0.3)
 
