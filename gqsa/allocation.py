@@ -17,6 +17,11 @@ the uniform run's number of kept groups:
    bits/weight equal the uniform run's to far better than 0.01.
 
 The result is a ``layer_sparsity`` map for :class:`~gqsa.config.GQSAConfig`.
+
+Under a size budget (``GQSAConfig.bits_per_weight``) the kept total of step 3 is the one whose
+format-v2 bits hit the budget (:func:`budget_density`) instead of the uniform run's, and the
+densities of step 1 centre on its mean; with ``allocation="uniform"`` every score is equal, so
+the linears only differ by the single groups step 3 moves.
 """
 
 from __future__ import annotations
@@ -89,8 +94,11 @@ def _adder(total: torch.Tensor):
     return hook
 
 
-def allocate(ratios: dict[str, tuple[float, int, int, int]], config: GQSAConfig) -> dict[str, float]:
-    """Per-linear sparsities from outlier ratios (:func:`measure_ratios`), same kept total as uniform.
+def allocate(ratios: dict[str, tuple[float, int, int, int]], config: GQSAConfig,
+             biased: frozenset[str] = frozenset()) -> dict[str, float]:
+    """Per-linear sparsities from outlier ratios (:func:`measure_ratios`): the uniform run's kept
+    total, or under ``config.bits_per_weight`` the total that budget allows (``biased``: the
+    linears with a bias, which the size counts).
 
     Returns ``{full name: sparsity}`` with ``sparsity * groups_per_row`` an integer for every linear.
     """
@@ -99,19 +107,47 @@ def allocate(ratios: dict[str, tuple[float, int, int, int]], config: GQSAConfig)
     rows = torch.tensor([ratios[n][1] for n in names], dtype=torch.float64)
     groups = torch.tensor([ratios[n][2] // g for n in names], dtype=torch.float64)
     weights = rows * groups
+    if config.bits_per_weight is None:
+        base = 1 - config.sparsity
+        target = float((rows * (groups - (config.sparsity * groups).round())).sum())  # as select_groups keeps
+    else:
+        base = budget_density({n: (*ratios[n][1:3], n in biased) for n in names}, config)
+        target = base * float(weights.sum())
     score = _scores(ratios, names, config.allocation, weights)
     u = (score - score.min()) / (score.max() - score.min()).clamp_min(1e-12)
-    density = (1 - config.sparsity) + 2 * config.allocation_strength * (u - (u * weights).sum() / weights.sum())
+    density = base + 2 * config.allocation_strength * (u - (u * weights).sum() / weights.sum())
     ideal = density.clamp(0.0, 1.0) * groups
     kept = ideal.round().clamp(torch.ones_like(groups), groups)
-    uniform = groups - (config.sparsity * groups).round()  # what select_groups keeps per row at ``sparsity``
-    kept = _match_total(kept, ideal, rows, groups, float((rows * uniform).sum()))
+    kept = _match_total(kept, ideal, rows, groups, target)
     return {n: float((groups[i] - kept[i]) / groups[i]) for i, n in enumerate(names)}
 
 
+def budget_density(shapes: dict[str, tuple[int, int, bool]], config: GQSAConfig) -> float:
+    """Fraction of groups to keep so that linears ``{name: (out, in, has_bias)}`` store
+    ``config.bits_per_weight`` bits per weight in format v2: each kept group costs
+    ``G*b + 8 + b`` bits (codes, scale code, zero), each group a mask bit, each row a 16-bit factor
+    (and a 16-bit bias) whatever is kept; the byte padding of the mask and zero streams (under a
+    byte per layer) is left out. ValueError when the budget is outside what one kept group per row
+    to none pruned can store."""
+    g, b = config.group_size, config.bits
+    weights = sum(n * k for n, k, _ in shapes.values())
+    fixed = sum(n * k / g + 16 * n * (2 if bias else 1) for n, k, bias in shapes.values())
+    groups = sum(n * (k // g) for n, k, _ in shapes.values())
+    per_group = g * b + 8 + b
+    lo = (fixed + per_group * sum(n for n, _, _ in shapes.values())) / weights
+    hi = (fixed + per_group * groups) / weights
+    if not lo <= config.bits_per_weight <= hi:
+        raise ValueError(f"bits_per_weight {config.bits_per_weight} is outside what W{b} G{g} can store here: "
+                         f"{lo:.3f} (one group kept per row) to {hi:.3f} (nothing pruned)")
+    return (config.bits_per_weight * weights - fixed) / (per_group * groups)
+
+
 def _scores(ratios, names: list[str], allocation: str, weights: torch.Tensor) -> torch.Tensor:
-    """One ratio per linear (``owl-linear``) or the weight-pooled ratio of its block (``owl``)."""
+    """One ratio per linear (``owl-linear``), the weight-pooled ratio of its block (``owl``), or
+    zeros (``uniform``: equal densities)."""
     r = torch.tensor([ratios[n][0] for n in names], dtype=torch.float64)
+    if allocation == "uniform":
+        return torch.zeros_like(r)
     if allocation == "owl-linear":
         return r
     block = torch.tensor([ratios[n][3] for n in names])
@@ -141,8 +177,27 @@ def _match_total(kept: torch.Tensor, ideal: torch.Tensor, rows: torch.Tensor, gr
 
 def with_allocation(model: nn.Module, config: GQSAConfig, calib: torch.Tensor, device: torch.device,
                     batch_size: int = 8, progress: bool = True, blocks_source=None) -> GQSAConfig:
-    """``config`` with ``layer_sparsity`` filled in by its allocation (unchanged when uniform or given)."""
-    if config.allocation == "uniform" or config.layer_sparsity is not None:
+    """``config`` with ``layer_sparsity`` filled in by its allocation (unchanged when given, or when
+    uniform without a size budget); under a budget ``sparsity`` becomes the mean sparsity."""
+    if config.layer_sparsity is not None or (config.allocation == "uniform" and config.bits_per_weight is None):
         return config
-    ratios = measure_ratios(model, config, calib, device, batch_size, progress, blocks_source)
-    return dataclasses.replace(config, layer_sparsity=allocate(ratios, config))
+    linears = compressed_linears(model, config)
+    if config.allocation == "uniform":  # equal scores: the budget alone decides
+        ratios = {n: (0.0, m.out_features, m.in_features, 0) for n, m in linears.items()}
+    else:
+        ratios = measure_ratios(model, config, calib, device, batch_size, progress, blocks_source)
+    biased = frozenset(n for n, m in linears.items() if m.bias is not None)
+    sparsity = allocate(ratios, config, biased)
+    if config.bits_per_weight is None:
+        return dataclasses.replace(config, layer_sparsity=sparsity)
+    groups = {n: m.out_features * (m.in_features // config.group_size) for n, m in linears.items()}
+    mean = sum(sparsity[n] * groups[n] for n in sparsity) / sum(groups.values())
+    return dataclasses.replace(config, layer_sparsity=sparsity, sparsity=mean)
+
+
+def compressed_linears(model: nn.Module, config: GQSAConfig) -> dict[str, nn.Linear]:
+    """The linears of the decoder blocks that ``config`` compresses, by full name (meta tensors
+    are fine: only shapes and the presence of a bias are read)."""
+    blocks_name, blocks = find_blocks(model)
+    return {f"{blocks_name}.{i}.{n}": m for i, block in enumerate(blocks) for n, m in find_linears(block).items()
+            if not config.skips(f"{blocks_name}.{i}.{n}")}

@@ -180,6 +180,12 @@ class GQSAConfig:
             exactly the uniform run's count of kept groups, so the size is unchanged
             (:mod:`gqsa.allocation`). The result is written to ``layer_sparsity``.
         allocation_strength: OWL's lambda: the sparsities span ``sparsity`` +- this.
+        bits_per_weight: a size budget instead of ``sparsity``: the stored bits per weight of the
+            compressed linears (format v2, every tensor counted as :mod:`gqsa.size` counts it)
+            that the allocation must hit; it chooses the number of kept groups for that size,
+            within half a step of one group per row of one linear (on SmolLM2 0.0004 bits; the
+            target tolerance is 0.01), and spreads them as ``allocation`` says (uniform: equal
+            densities). ``sparsity`` is then replaced by the resulting mean. None (default): off.
         layer_sparsity: per-linear sparsity by full module name (``model.layers.3.mlp.down_proj``),
             overriding ``sparsity`` there; filled in by the allocation (so a saved folder says
             what each layer got) or given by hand.
@@ -214,6 +220,7 @@ class GQSAConfig:
     sparsity_ramp: float = 0.0
     allocation: str = "owl"
     allocation_strength: float = 0.08
+    bits_per_weight: float | None = None
     layer_sparsity: dict[str, float] | None = None
     protect_ratio: float = 0.0
     act_order: bool | None = None
@@ -253,6 +260,11 @@ class GQSAConfig:
         require(self.allocation == "uniform" or not self.sparsity_ramp,
                 f"allocation={self.allocation!r} chooses each layer's sparsity itself: with sparsity_ramp pass "
                 f"allocation='uniform' (CLI: --allocation uniform)")
+        require(self.bits_per_weight is None or (isinstance(self.bits_per_weight, (int, float))
+                                                 and 0 < self.bits_per_weight < 16),
+                f"bits_per_weight must be in (0, 16) or None, got {self.bits_per_weight!r}")
+        require(self.bits_per_weight is None or not self.sparsity_ramp,
+                "bits_per_weight sets each layer's sparsity itself: it does not combine with sparsity_ramp")
         require(self.layer_sparsity is None or (isinstance(self.layer_sparsity, dict) and all(
             isinstance(v, (int, float)) and 0.0 <= v < 1.0 for v in self.layer_sparsity.values())),
                 "layer_sparsity must map module names to sparsities in [0, 1)")

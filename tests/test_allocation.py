@@ -127,3 +127,50 @@ def test_config_rejects_bad_allocation_settings():
     assert GQSAConfig.from_dict(cfg.to_dict()) == cfg
     assert cfg.for_layer("model.layers.0.mlp.up_proj").sparsity == 0.25
     assert cfg.for_layer("model.layers.1.mlp.up_proj").sparsity == 0.5
+
+
+def _v2_bits(ratios, sp, cfg, biased=()):
+    """Bits per weight of format v2 for the kept counts ``sp`` gives (as gqsa.size counts them)."""
+    g, b = cfg.group_size, cfg.bits
+    total = weights = 0
+    for n, (_, rows, cols, _) in ratios.items():
+        groups = cols // g
+        nnz = rows * round((1 - sp[n]) * groups)
+        total += nnz * g * b + 8 * -(-rows * groups // 8) + 16 * rows + nnz * 8 + 8 * b * -(-nnz // 8)
+        total += 16 * rows * (n in biased)
+        weights += rows * cols
+    return total / weights
+
+
+# SmolLM2-135M's seven linears of one block (GQA: k/v have 192 outputs), 30 blocks
+_SMOL = {f"model.layers.{i}.{n}": (0.01 * ((i * 7 + j) % 5), rows, cols, i) for i in range(30)
+         for j, (n, rows, cols) in enumerate([("q", 576, 576), ("k", 192, 576), ("v", 192, 576), ("o", 576, 576),
+                                              ("gate", 1536, 576), ("up", 1536, 576), ("down", 576, 1536)])}
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "owl", "owl-linear"])
+@pytest.mark.parametrize("bits, g, budget", [(2, 32, 2.28), (3, 32, 3.16), (4, 16, 2.45), (3, 64, 3.0)])
+def test_a_bits_budget_is_hit_within_0_01(allocation, bits, g, budget):
+    cfg = GQSAConfig(bits=bits, group_size=g, allocation=allocation, bits_per_weight=budget)
+    sp = allocate(_SMOL, cfg, frozenset({"model.layers.0.q"}))
+    assert abs(_v2_bits(_SMOL, sp, cfg, {"model.layers.0.q"}) - budget) < 0.01
+    assert all(float(s * (_SMOL[n][2] // g)).is_integer() for n, s in sp.items())
+    if allocation == "uniform":  # equal densities but for the single groups that hit the total
+        assert max(sp.values()) - min(sp.values()) <= 1.5 / (576 // g)
+
+
+def test_a_budget_outside_the_format_is_a_clear_error():
+    with pytest.raises(ValueError, match="outside what W2 G32 can store"):
+        allocate(_SMOL, GQSAConfig(bits=2, group_size=32, allocation="uniform", bits_per_weight=2.6), frozenset())
+    with pytest.raises(ValueError, match="sparsity_ramp"):
+        GQSAConfig(bits_per_weight=2.5, sparsity_ramp=0.2, allocation="uniform")
+
+
+@pytest.mark.parametrize("allocation", ["uniform", "owl"])
+def test_compress_to_a_bits_budget(allocation):
+    model = tiny_model("qwen2", hidden=512, layers=2)  # q/k/v carry a bias, counted in the size
+    cfg = GQSAConfig(bits=2, group_size=32, allocation=allocation, bits_per_weight=2.25)
+    compress(model, cfg, _calib(), progress=False)
+    assert abs(model_stats(model)["bits_per_weight"] - 2.25) < 0.01
+    saved = model.config.quantization_config
+    assert saved["bits_per_weight"] == 2.25 and 0 < saved["sparsity"] < 1 and len(saved["layer_sparsity"]) == 14

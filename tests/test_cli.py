@@ -65,6 +65,18 @@ def test_sparsity_ramp_is_saved_and_shapes_the_blocks(model_dir, tmp_path):
     assert first["sparsity"] < 0.5 < last["sparsity"]
 
 
+def test_bits_budget_is_saved_and_sets_the_sparsity(model_dir, tmp_path, capsys):
+    path, text = model_dir
+    out = tmp_path / "budget"
+    assert main(["compress", str(path), str(out), "--calib", str(text), "--nsamples", "2", "--seqlen", "16",
+                 "--bits-per-weight", "3.6", "--allocation", "uniform", "--device", "cpu"]) == 0
+    config = json.loads((out / "config.json").read_text())["quantization_config"]
+    assert config["bits_per_weight"] == 3.6 and 0 < config["sparsity"] < 0.5 and config["layer_sparsity"]
+    assert main(["compress", str(path), str(tmp_path / "o"), "--bits-per-weight", "3", "--sparsity", "0.3",
+                 "--calib", str(text)]) == 2
+    assert "not both" in capsys.readouterr().err
+
+
 def test_baseline_method_saves_a_dense_folder_that_loads(model_dir, tmp_path):
     path, text = model_dir
     out = tmp_path / "sgpt"

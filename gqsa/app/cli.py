@@ -69,6 +69,9 @@ def _add_compress(sub) -> None:
                    help="gqsa: spread the sparsity by each block's (owl, the default) or each linear's (owl-linear) "
                         "share of outlier weights on the calibration data, at the uniform run's size; uniform: "
                         "every linear at --sparsity")
+    p.add_argument("--bits-per-weight", type=float, default=None,
+                   help="gqsa: a size budget instead of --sparsity: stored bits per weight of the compressed linears "
+                        "(format v2, as `gqsa info` counts them), hit within 0.01; the allocation spreads it")
     p.add_argument("--allocation-strength", type=float, default=None,
                    help=f"gqsa: OWL's lambda, sparsities span sparsity +- this (default {d.allocation_strength})")
     p.add_argument("--protect-ratio", type=float, default=None,
@@ -206,11 +209,14 @@ def cmd_compress(a: argparse.Namespace) -> int:
     device = pick_device(a.device)
     if a.method != "gqsa":
         return _compress_baseline(a, device, pick_dtype(a.dtype, device))
+    if a.bits_per_weight is not None and a.sparsity is not None:
+        raise ValueError("pass --sparsity or --bits-per-weight, not both (the budget chooses the sparsity)")
     if a.scale_format is not None:
         raise ValueError("--scale-format is a baseline setting: gqsa always stores its scales as 8-bit log codes")
     given = {"group_size": a.group_size, "sparsity": a.sparsity, "bits": a.bits, "balance": a.balance,
              "saliency": a.saliency, "mask": a.mask, "sparsity_ramp": a.sparsity_ramp,
-             "allocation": _allocation(a), "allocation_strength": a.allocation_strength, "protect_ratio": a.protect_ratio,
+             "allocation": _allocation(a), "allocation_strength": a.allocation_strength,
+             "bits_per_weight": a.bits_per_weight, "protect_ratio": a.protect_ratio,
              "act_order": _gqsa_act_order(a.act_order), "act_order_grids": a.act_order_grids,
              "skip": None if a.skip is None else tuple(a.skip)}
     config = GQSAConfig(sym=a.sym, clip_search=not a.no_clip_search, **_stage_configs(a),

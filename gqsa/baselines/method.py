@@ -9,6 +9,8 @@ Everything shares the calibration windows, block discovery and skipping rules.
 
 from __future__ import annotations
 
+import dataclasses
+
 import os
 import time
 from dataclasses import dataclass, field
@@ -111,6 +113,8 @@ def compress_method(model: nn.Module, method: str, pattern: str | None = None, b
     kw = {"device": device, "batch_size": batch_size, "progress": progress}
     if method == "gqsa":
         layers = compress(model, config, calib, **kw).layers
+        # a size budget chose the sparsity: report the mean it chose (the per-layer map is in the model's config)
+        config = dataclasses.replace(config, sparsity=model.config.quantization_config["sparsity"])
     else:
         layers = (rtn_in_place(model, config) if calib is None
                   else run_blocks(model, config, calib, solve=SOLVERS[method], dense=True, **kw).layers)
