@@ -126,6 +126,16 @@ def _step(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, s
     s = tl.load(scale_ptr + gidx, mask=ok, other=0.0, eviction_policy=W_POLICY).to(tl.float32)
     z = tl.load(zero_ptr + gidx, mask=ok, other=0, eviction_policy=W_POLICY).to(tl.float32)
     q = load_codes(codes_ptr, sidx, ok, BITS, BPG, UNIT_BITS, W, P, W_POLICY)
+    dot = lane_dot(q, z, col, sidx, ok, x_ptr, stride_xb, B, G, R, SG, W, P, BLOCK_B, X_POLICY)
+    return acc + dot * s[None, :]
+
+
+@triton.jit
+def lane_dot(q, z, col, sidx, ok, x_ptr, stride_xb, B, G: tl.constexpr, R: tl.constexpr, SG: tl.constexpr,
+             W: tl.constexpr, P: tl.constexpr, BLOCK_B: tl.constexpr, X_POLICY: tl.constexpr):
+    """Each lane's dot product [BLOCK_B, L] float32 of its sub-group's codes q [L, W, P] minus its
+    zero point z [L] with the activations x [B, K] at column group ``col`` [L] (sub-group ``sidx % R``),
+    unscaled; lanes that are not ``ok`` read zeros."""
     wq = q.to(tl.float32) - z[:, None, None]
     bidx = tl.arange(0, BLOCK_B)
     jj = tl.arange(0, W)[:, None] * P + tl.arange(0, P)[None, :]
@@ -133,8 +143,7 @@ def _step(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr, s
     xo = bidx[:, None, None, None] * stride_xb + x0[None, :, None, None] + jj[None, None, :, :]
     xm = (bidx < B)[:, None, None, None] & ok[None, :, None, None]
     xv = tl.load(x_ptr + xo, mask=xm, other=0.0, eviction_policy=X_POLICY).to(tl.float32)
-    dot = tl.sum(tl.sum(xv * wq[None, :, :, :], axis=3), axis=2)
-    return acc + dot * s[None, :]
+    return tl.sum(tl.sum(xv * wq[None, :, :, :], axis=3), axis=2)
 
 
 @triton.jit

@@ -35,7 +35,15 @@ import triton
 import triton.language as tl
 
 from gqsa.format_v2 import SCALE_LEVELS, SPAN_OCTAVES, PackedGQSv2, unpack_mask
-from gqsa.kernels.gemv import GemvConfig, _check, _finish_rows, decode_layout, default_config, static_steps
+from gqsa.kernels.gemv import (
+    GemvConfig,
+    _check,
+    _finish_rows,
+    decode_layout,
+    default_config,
+    lane_dot,
+    static_steps,
+)
 from gqsa.kernels.jit import INTERPRET, load_codes
 from gqsa.kernels.plan import MAX_BLOCK_B, row_lengths
 
@@ -102,14 +110,7 @@ def _step_v2(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr
     f = tl.exp2((c - TOP) * SCALE_STEP)
     z = _zero_points(zero_ptr, gidx, ok, BITS, W_POLICY)
     q = load_codes(codes_ptr, sidx, ok, BITS, BPG, UNIT_BITS, W, P, W_POLICY)
-    wq = q.to(tl.float32) - z[:, None, None]
-    bidx = tl.arange(0, BLOCK_B)
-    jj = tl.arange(0, W)[:, None] * P + tl.arange(0, P)[None, :]
-    x0 = col * G + (sidx % R) * SG
-    xo = bidx[:, None, None, None] * stride_xb + x0[None, :, None, None] + jj[None, None, :, :]
-    xm = (bidx < B)[:, None, None, None] & ok[None, :, None, None]
-    xv = tl.load(x_ptr + xo, mask=xm, other=0.0, eviction_policy=X_POLICY).to(tl.float32)
-    dot = tl.sum(tl.sum(xv * wq[None, :, :, :], axis=3), axis=2)
+    dot = lane_dot(q, z, col, sidx, ok, x_ptr, stride_xb, B, G, R, SG, W, P, BLOCK_B, X_POLICY)
     return acc + dot * f[None, :]
 
 
