@@ -86,6 +86,19 @@ GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     # (_ACTC) beat the original ones on the CPU protocol (W4 S50 -33 %, W3 S20 -10 %), and there
     # coarser groups with less pruning did better per bit (W3 S10: G32 70.0 at 3.03 bits, G64 85.3
     # at 2.88, against G16 S20's 105.6 at 3.05)
+    # added after the third GPU session (2026-12-02 05:50): size budgets equal to GPTQ's rows (CPU protocol,
+    # one-shot: W2 G32 at 2.28 bits 174.6 / 233.4 against GPTQ W2 g64's 212.3 / 291.6; W3 G32 at 3.16 bits
+    # 50.7 / 66.8 against GPTQ W3 g128's 42.5 / 52.6), with the stages, which took 25-33 % off at G32
+    ("gqsa-w2-g32-b2.28-actc-owl-stages",
+     "GQSA W2 G32 at 2.28 bits act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
+     dict(bits=2, group_size=32, bits_per_weight=2.28, allocation="owl", **_ACTC, **_STAGES)),
+    ("gqsa-w3-g32-b3.16-actc-owl-stages",
+     "GQSA W3 G32 at 3.16 bits act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
+     dict(bits=3, group_size=32, bits_per_weight=3.16, allocation="owl", **_ACTC, **_STAGES)),
+    ("gqsa-w2-g32-b2.28-actc-owl", "GQSA W2 G32 at 2.28 bits act-order (compensated grids) + OWL", "gqsa",
+     dict(bits=2, group_size=32, bits_per_weight=2.28, allocation="owl", **_ACTC)),
+    ("gqsa-w3-g32-b3.16-actc-owl", "GQSA W3 G32 at 3.16 bits act-order (compensated grids) + OWL", "gqsa",
+     dict(bits=3, group_size=32, bits_per_weight=3.16, allocation="owl", **_ACTC)),
     # added after the third GPU session (2026-12-02): the closest comparisons again on calibration seed 1,
     # and GPTQ with gqsa's own 8-bit scales (log8), so that both pay the same for their scales
     ("gqsa-w3-s10-g32-actc-owl-stages-seed1", "GQSA W3 G32 S10% act-order (compensated grids) + OWL + BQPO + E2E-OQP"
