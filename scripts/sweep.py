@@ -92,15 +92,15 @@ GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     ("gqsa-w2-g32-b2.28-actc-owl-stages",
      "GQSA W2 G32 at 2.28 bits act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
      dict(bits=2, group_size=32, bits_per_weight=2.28, allocation="owl", **_ACTC, **_STAGES)),
-    ("gqsa-w3-g32-b3.16-actc-owl-stages",
-     "GQSA W3 G32 at 3.16 bits act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
-     dict(bits=3, group_size=32, bits_per_weight=3.16, allocation="owl", **_ACTC, **_STAGES)),
     # no pruning at 3 bits (CPU protocol: W3 G64 S0 at 3.21 bits 36.7 / 47.1 against GPTQ W3 g64 with the same
     # 8-bit scales at 3.20 bits 37.8 / 49.3; 7 % pruning at G32 for 3.16 bits cost +38 %)
     ("gqsa-w3-s0-g64-actc-stages", "GQSA W3 G64 S0 act-order (compensated grids) + BQPO + E2E-OQP", "gqsa",
      dict(bits=3, group_size=64, sparsity=0.0, **_ACTC, **_STAGES)),
     ("gqsa-w3-s0-g64-actc", "GQSA W3 G64 S0 act-order (compensated grids)", "gqsa",
      dict(bits=3, group_size=64, sparsity=0.0, **_ACTC)),
+    ("gqsa-w3-g32-b3.16-actc-owl-stages",
+     "GQSA W3 G32 at 3.16 bits act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
+     dict(bits=3, group_size=32, bits_per_weight=3.16, allocation="owl", **_ACTC, **_STAGES)),
     ("gqsa-w2-g32-b2.28-actc-owl", "GQSA W2 G32 at 2.28 bits act-order (compensated grids) + OWL", "gqsa",
      dict(bits=2, group_size=32, bits_per_weight=2.28, allocation="owl", **_ACTC)),
     ("gqsa-w3-g32-b3.16-actc-owl", "GQSA W3 G32 at 3.16 bits act-order (compensated grids) + OWL", "gqsa",
