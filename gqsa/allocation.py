@@ -21,7 +21,9 @@ The result is a ``layer_sparsity`` map for :class:`~gqsa.config.GQSAConfig`.
 Under a size budget (``GQSAConfig.bits_per_weight``) the kept total of step 3 is the one whose
 format-v2 bits hit the budget (:func:`budget_density`) instead of the uniform run's, and the
 densities of step 1 centre on its mean; with ``allocation="uniform"`` every score is equal, so
-the linears only differ by the single groups step 3 moves.
+the linears only differ by the single groups step 3 moves. With ``balance="layer"`` the counts
+of steps 2 and 3 are a linear's whole groups rather than its groups per row (on SmolLM2 that
+was worse than ``row`` at the same budget: docs/oneshot.md).
 """
 
 from __future__ import annotations
@@ -100,12 +102,15 @@ def allocate(ratios: dict[str, tuple[float, int, int, int]], config: GQSAConfig,
     total, or under ``config.bits_per_weight`` the total that budget allows (``biased``: the
     linears with a bias, which the size counts).
 
-    Returns ``{full name: sparsity}`` with ``sparsity * groups_per_row`` an integer for every linear.
+    Returns ``{full name: sparsity}`` with ``sparsity * groups_per_row`` an integer for every linear
+    (``balance="layer"``: ``sparsity * groups_of_the_linear``, since its rows may differ).
     """
     names = list(ratios)
     g = config.group_size
     rows = torch.tensor([ratios[n][1] for n in names], dtype=torch.float64)
     groups = torch.tensor([ratios[n][2] // g for n in names], dtype=torch.float64)
+    if config.balance == "layer":  # a linear may keep any number of groups: count them whole, a step of one
+        rows, groups = torch.ones_like(rows), rows * groups
     weights = rows * groups
     if config.bits_per_weight is None:
         base = 1 - config.sparsity

@@ -183,9 +183,10 @@ class GQSAConfig:
         bits_per_weight: a size budget instead of ``sparsity``: the stored bits per weight of the
             compressed linears (format v2, every tensor counted as :mod:`gqsa.size` counts it)
             that the allocation must hit; it chooses the number of kept groups for that size,
-            within half a step of one group per row of one linear (on SmolLM2 0.0004 bits; the
-            target tolerance is 0.01), and spreads them as ``allocation`` says (uniform: equal
-            densities). ``sparsity`` is then replaced by the resulting mean. None (default): off.
+            within half a step of one group per row of one linear (one group with
+            ``balance="layer"``; on SmolLM2 at most 0.0004 bits; the target tolerance is 0.01),
+            and spreads them as ``allocation`` says (uniform: equal densities). ``sparsity`` is
+            then replaced by the resulting mean. None (default): off.
         layer_sparsity: per-linear sparsity by full module name (``model.layers.3.mlp.down_proj``),
             overriding ``sparsity`` there; filled in by the allocation (so a saved folder says
             what each layer got) or given by hand.

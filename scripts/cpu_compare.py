@@ -3,7 +3,8 @@
     python scripts/cpu_compare.py gqsa BITS SPARSITY [--group-size G] [--act-order [--act-order-grids compensated]]
         [--allocation owl] [--bits-per-weight B (instead of SPARSITY)] [--seed S] [--out FILE]
     python scripts/cpu_compare.py sparsegpt-2of4 BITS [--seed S] [--out FILE]     # 2:4 + W(BITS) g128
-    python scripts/cpu_compare.py gptq BITS [--group-size g] [--scale-format log8] [--seed S] [--out FILE]  # W(BITS) g128
+    python scripts/cpu_compare.py gptq BITS [--group-size g] [--scale-format log8] [--seed S] [--out FILE]
+        # W(BITS) g128
 
 16 x 512 calibration tokens of CoQA (seed S, default 0); gqsa at G = 16 (or --group-size) with its layers put
 through format v2 as a saved folder would be (gqsa.layer.roundtrip_model); then perplexity on
@@ -42,6 +43,8 @@ def main() -> None:
     ap.add_argument("--allocation", default="uniform", choices=["uniform", "owl", "owl-linear"], help="gqsa")
     ap.add_argument("--allocation-strength", type=float, default=0.08, help="gqsa: OWL's lambda")
     ap.add_argument("--bits-per-weight", type=float, default=None, help="gqsa: a size budget instead of SPARSITY")
+    ap.add_argument("--balance", default="row", choices=["row", "layer"],
+                    help="gqsa: pruned groups counted per row or per layer")
     ap.add_argument("--scale-format", default="fp16", choices=["fp16", "log8"], help="gptq: how its scales are stored")
     ap.add_argument("--seed", type=int, default=0, help="calibration windows' seed")
     ap.add_argument("--out", default=None)
@@ -55,7 +58,7 @@ def main() -> None:
     if a.method == "gqsa":
         report = compress_method(model, "gqsa", bits=a.bits, group_size=a.group_size or 16, sparsity=a.sparsity, calib=calib,
                                  progress=False, act_order=a.act_order, act_order_grids=a.act_order_grids,
-                                 allocation=a.allocation, bits_per_weight=a.bits_per_weight,
+                                 allocation=a.allocation, bits_per_weight=a.bits_per_weight, balance=a.balance,
                                  allocation_strength=a.allocation_strength)
     elif a.method == "gptq":  # its best settings: static act-order and clip search (the defaults)
         report = compress_method(model, "gptq", bits=a.bits, group_size=a.group_size or 128, calib=calib,

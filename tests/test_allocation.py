@@ -166,11 +166,24 @@ def test_a_budget_outside_the_format_is_a_clear_error():
         GQSAConfig(bits_per_weight=2.5, sparsity_ramp=0.2, allocation="uniform")
 
 
-@pytest.mark.parametrize("allocation", ["uniform", "owl"])
-def test_compress_to_a_bits_budget(allocation):
+@pytest.mark.parametrize("allocation, balance", [("uniform", "row"), ("owl", "row"), ("owl", "layer")])
+def test_compress_to_a_bits_budget(allocation, balance):
     model = tiny_model("qwen2", hidden=512, layers=2)  # q/k/v carry a bias, counted in the size
-    cfg = GQSAConfig(bits=2, group_size=32, allocation=allocation, bits_per_weight=2.25)
+    cfg = GQSAConfig(bits=2, group_size=32, allocation=allocation, bits_per_weight=2.25, balance=balance)
     compress(model, cfg, _calib(), progress=False)
     assert abs(model_stats(model)["bits_per_weight"] - 2.25) < 0.01
     saved = model.config.quantization_config
     assert saved["bits_per_weight"] == 2.25 and 0 < saved["sparsity"] < 1 and len(saved["layer_sparsity"]) == 14
+
+
+def test_layer_balance_counts_whole_groups_of_a_linear():
+    """balance="layer": a linear's kept count is any whole number of its groups (not a multiple of its rows)."""
+    cfg = GQSAConfig(bits=3, group_size=64, allocation="owl", bits_per_weight=3.16, balance="layer")
+    sp = allocate(_SMOL, cfg, frozenset())
+    total = {n: r[1] * (r[2] // 64) for n, r in _SMOL.items()}
+    assert all(abs(s * total[n] - round(s * total[n])) < 1e-6 for n, s in sp.items())
+    assert any(not float(s * (_SMOL[n][2] // 64)).is_integer() for n, s in sp.items())  # finer than a row step
+    kept = sum(total[n] - round(s * total[n]) for n, s in sp.items())
+    weights = sum(r[1] * r[2] for r in _SMOL.values())
+    fixed = sum(r[1] * r[2] / 64 + 16 * r[1] for r in _SMOL.values())
+    assert abs((kept * (64 * 3 + 11) + fixed) / weights - 3.16) < 1e-3
