@@ -47,6 +47,9 @@ PACKED = dict(codes_ptr="*u8", col_ptr="*i16", scale_ptr="*fp16", zero_ptr="*u8"
               prog_rows_ptr="*i32")
 
 
+PACKED_V2 = dict(col_ptr="*u8", scode_ptr="*u8", row_scale_ptr="*fp16")  # format v2's plan and metadata
+
+
 def pointer_types(dtype: str) -> dict:
     """Triton pointer type of every pointer argument of the kernels, activations in ``dtype``."""
     return dict(x_ptr=f"*{dtype}", bias_ptr=f"*{dtype}", y_ptr=f"*{dtype}", out_ptr=f"*{dtype}", **PACKED)
@@ -64,6 +67,8 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
         decode_layout,
         default_config,
     )
+    from gqsa.format_v2 import SCALE_LEVELS, SPAN_OCTAVES
+    from gqsa.kernels.gemv_v2 import _gemv_v2_rows_kernel
     from gqsa.kernels.jit import layout_meta
     from gqsa.kernels.smallm import _smallm_kernel
     out = []
@@ -78,6 +83,9 @@ def variants() -> list[tuple[str, Callable[[], object]]]:
                     X_POLICY=("", "evict_last")[i % 2], **dec)
         out.append((f"gemv rows G{g} b{bits} {dt}", lambda rows=rows, dt=dt:
                     compile_kernel(_gemv_rows_kernel, pointer_types(dt), rows)))
+        v2 = dict(rows, SCALE_STEP=SPAN_OCTAVES / SCALE_LEVELS, TOP=float(SCALE_LEVELS))
+        out.append((f"gemv v2 rows G{g} b{bits} {dt}", lambda v2=v2, dt=dt:
+                    compile_kernel(_gemv_v2_rows_kernel, {**pointer_types(dt), **PACKED_V2}, v2)))
         tasks = dict(HAS_BIAS=True, SPLIT_MODE=i % 2, BLOCK_B=1, BLOCK_R=cfg.block_r, BLOCK_G=cfg.block_g,
                      WS_STRIDE=16, WHILE=False, **dec)
         out.append((f"gemv tasks G{g} b{bits} {dt}", lambda tasks=tasks, dt=dt:

@@ -147,6 +147,27 @@ def lane_dot(q, z, col, sidx, ok, x_ptr, stride_xb, B, G: tl.constexpr, R: tl.co
 
 
 @triton.jit
+def lane_segments(row_ptr_ptr, r0, r_end, E0, E1, R: tl.constexpr, BLOCK_R: tl.constexpr, BLOCK_G: tl.constexpr,
+                  ROW_LEN: tl.constexpr):
+    """The sub-groups each of the BLOCK_R * BLOCK_G lanes walks: lane l takes row r0 + l // BLOCK_G
+    (none past r_end) from sub-group ``seg_lo + l % BLOCK_G`` up to ``seg_hi`` in steps of BLOCK_G,
+    the row's kept groups clamped to [E0, E1) (ROW_LEN > 0: every row keeps ROW_LEN groups, no
+    clamp); returns (seg_lo, seg_hi, lg) [L] int32 in sub-groups, lg = l % BLOCK_G."""
+    lane = tl.arange(0, BLOCK_R * BLOCK_G)
+    lrow = r0 + lane // BLOCK_G
+    lg = lane % BLOCK_G
+    live = lrow < r_end
+    if ROW_LEN > 0:
+        seg_lo = lrow * ROW_LEN
+        seg_hi = tl.where(live, seg_lo + ROW_LEN, seg_lo)
+    else:
+        seg_lo = tl.maximum(tl.load(row_ptr_ptr + lrow, mask=live, other=0), E0)
+        seg_hi = tl.minimum(tl.load(row_ptr_ptr + lrow + 1, mask=live, other=0), E1)
+        seg_hi = tl.where(live, seg_hi, seg_lo)
+    return seg_lo * R, seg_hi * R, lg
+
+
+@triton.jit
 def _row_block(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row_ptr_ptr,
                r0, r_end, E0, E1,
                G: tl.constexpr, R: tl.constexpr, SG: tl.constexpr, BITS: tl.constexpr, BPG: tl.constexpr,
@@ -161,19 +182,7 @@ def _row_block(x_ptr, stride_xb, B, codes_ptr, col_ptr, scale_ptr, zero_ptr, row
     are walked as R sub-groups each.
     """
     L: tl.constexpr = BLOCK_R * BLOCK_G
-    lane = tl.arange(0, L)
-    lrow = r0 + lane // BLOCK_G
-    lg = lane % BLOCK_G
-    live = lrow < r_end
-    if ROW_LEN > 0:
-        seg_lo = lrow * ROW_LEN
-        seg_hi = tl.where(live, seg_lo + ROW_LEN, seg_lo)
-    else:
-        seg_lo = tl.maximum(tl.load(row_ptr_ptr + lrow, mask=live, other=0), E0)
-        seg_hi = tl.minimum(tl.load(row_ptr_ptr + lrow + 1, mask=live, other=0), E1)
-        seg_hi = tl.where(live, seg_hi, seg_lo)
-    seg_lo = seg_lo * R  # in sub-groups from here
-    seg_hi = seg_hi * R
+    seg_lo, seg_hi, lg = lane_segments(row_ptr_ptr, r0, r_end, E0, E1, R, BLOCK_R, BLOCK_G, ROW_LEN)
     acc = tl.zeros([BLOCK_B, L], dtype=tl.float32)
     if STEPS > 0:
         for i in tl.static_range(STEPS):

@@ -42,6 +42,7 @@ from gqsa.kernels.gemv import (
     decode_layout,
     default_config,
     lane_dot,
+    lane_segments,
     static_steps,
 )
 from gqsa.kernels.jit import INTERPRET, load_codes
@@ -49,6 +50,7 @@ from gqsa.kernels.plan import MAX_BLOCK_B, row_lengths
 
 UINT8_MAX_GROUPS = 256  # column indices 0..255 fit a uint8
 INT16_MAX_GROUPS = 32767
+INT32_MAX = tl.constexpr(2**31 - 1)  # the whole row's groups: no sub-range of the kept groups
 
 
 @dataclass
@@ -126,18 +128,7 @@ def _gemv_v2_rows_kernel(x_ptr, stride_xb, B, codes_ptr, col_ptr, scode_ptr, zer
     """Program p computes rows [p*BLOCK_R, (p+1)*BLOCK_R); STEPS / ROW_LEN / WHILE as in gemv._row_block."""
     r0 = tl.program_id(0) * BLOCK_R
     L: tl.constexpr = BLOCK_R * BLOCK_G
-    lane = tl.arange(0, L)
-    lrow = r0 + lane // BLOCK_G
-    lg = lane % BLOCK_G
-    live = lrow < N
-    if ROW_LEN > 0:
-        seg_lo = lrow * ROW_LEN
-        seg_hi = tl.where(live, seg_lo + ROW_LEN, seg_lo)
-    else:
-        seg_lo = tl.load(row_ptr_ptr + lrow, mask=live, other=0)
-        seg_hi = tl.where(live, tl.load(row_ptr_ptr + lrow + 1, mask=live, other=0), seg_lo)
-    seg_lo = seg_lo * R  # in sub-groups from here
-    seg_hi = seg_hi * R
+    seg_lo, seg_hi, lg = lane_segments(row_ptr_ptr, r0, N, 0, INT32_MAX, R, BLOCK_R, BLOCK_G, ROW_LEN)  # no clamp
     acc = tl.zeros([BLOCK_B, L], dtype=tl.float32)
     if STEPS > 0:
         for i in tl.static_range(STEPS):
