@@ -313,13 +313,19 @@ def gqs_gemv(x: torch.Tensor, p: PackedGQS, bias: torch.Tensor | None = None, pl
     if schedule == "tasks" and plan is None:
         raise ValueError("the tasks schedule needs a KernelPlan (gqsa.kernels.plan.build_plan)")
     x = x.contiguous()
-    n = p.out_features
-    y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device) if out is None else out
-    if y.shape != (x.shape[0], n) or y.dtype != x.dtype or not y.is_contiguous():
-        raise ValueError(f"out must be a contiguous [{x.shape[0]}, {n}] {x.dtype} tensor")
+    y = output_buffer(x, p.out_features, out)
     for b0 in range(0, x.shape[0], MAX_BLOCK_B):
         xb, yb = x[b0:b0 + MAX_BLOCK_B], y[b0:b0 + MAX_BLOCK_B]
         _launch(xb, yb, p, bias, plan, schedule, split_mode, config)
+    return y
+
+
+def output_buffer(x: torch.Tensor, n: int, out: torch.Tensor | None) -> torch.Tensor:
+    """The [B, n] output for x [B, K] in x's dtype: ``out`` when given (checked: contiguous, that
+    shape and dtype), else a new tensor."""
+    y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device) if out is None else out
+    if y.shape != (x.shape[0], n) or y.dtype != x.dtype or not y.is_contiguous():
+        raise ValueError(f"out must be a contiguous [{x.shape[0]}, {n}] {x.dtype} tensor")
     return y
 
 

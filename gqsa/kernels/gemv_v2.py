@@ -43,6 +43,7 @@ from gqsa.kernels.gemv import (
     default_config,
     lane_dot,
     lane_segments,
+    output_buffer,
     static_steps,
 )
 from gqsa.kernels.jit import INTERPRET, load_codes
@@ -175,10 +176,7 @@ def gqs_gemv_v2(x: torch.Tensor, p: PackedGQSv2, bias: torch.Tensor | None = Non
         raise ValueError(f"plan has {plan.row_ptr.numel() - 1} rows and {plan.col.numel()} kept groups, the layer "
                          f"{p.out_features} and {p.nnz}; build it with build_plan_v2(p)")
     x = x.contiguous()
-    n = p.out_features
-    y = torch.empty(x.shape[0], n, dtype=x.dtype, device=x.device) if out is None else out
-    if y.shape != (x.shape[0], n) or y.dtype != x.dtype or not y.is_contiguous():
-        raise ValueError(f"out must be a contiguous [{x.shape[0]}, {n}] {x.dtype} tensor")
+    y = output_buffer(x, p.out_features, out)
     for b0 in range(0, x.shape[0], MAX_BLOCK_B):
         _launch(x[b0:b0 + MAX_BLOCK_B], y[b0:b0 + MAX_BLOCK_B], p, bias, plan, config)
     return y
