@@ -79,6 +79,16 @@ _ACT = dict(act_order=True)  # with the original grids (setdefault below)
 _ACTC = dict(act_order=True, act_order_grids="compensated")
 GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     ("fp16", "FP16 (dequantized Q4_1)", "fp16", {}),
+    # added after the fourth GPU session (2026-12-02 08:00): the new leads on calibration seed 1 (W3 G32 at 3.16
+    # bits + stages 40.7 / 49.6 against GPTQ W3 g128's 44.0 / 53.7 at the same 3.16 bits is within 10 %)
+    ("gqsa-w3-g32-b3.16-actc-owl-stages-seed1",
+     "GQSA W3 G32 at 3.16 bits act-order (compensated grids) + OWL + BQPO + E2E-OQP (calibration seed 1)", "gqsa",
+     dict(bits=3, group_size=32, bits_per_weight=3.16, allocation="owl", **_ACTC, **_STAGES, calib_seed=1)),
+    ("gqsa-w3-s0-g64-actc-stages-seed1", "GQSA W3 G64 S0 act-order (compensated grids) + BQPO + E2E-OQP"
+     " (calibration seed 1)", "gqsa", dict(bits=3, group_size=64, sparsity=0.0, **_ACTC, **_STAGES, calib_seed=1)),
+    ("gqsa-w2-g32-b2.28-actc-owl-stages-seed1",
+     "GQSA W2 G32 at 2.28 bits act-order (compensated grids) + OWL + BQPO + E2E-OQP (calibration seed 1)", "gqsa",
+     dict(bits=2, group_size=32, bits_per_weight=2.28, allocation="owl", **_ACTC, **_STAGES, calib_seed=1)),
     # added after the first GPU session (2026-12-02): act-order and OWL, which compounded on the CPU
     # protocol at W3 S20 (149.0 -> 123.7 -> 107.9 on boolq; docs/oneshot.md)
     # added after the second GPU session (2026-12-02): W2 S10 one-shot tied GPTQ's W2 line at 2.42 bits,
