@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
-# One device call: GPU kernel tests, kernel benchmark, decode benchmark.
+# One device call: GPU kernel tests (then the 1,040 random cases), kernel benchmark, decode benchmark.
 #
 # Usage (from the repository root, on a CUDA machine):
-#   scripts/gpu_all.sh [full|quick|kernels|tune|stages|scale|stream]
+#   scripts/gpu_all.sh [full|quick|kernels|engine|tune|stages|scale|stream]
 #     full   tests + kernel bench (all models; beyond LLaMA-2-7B only batch 1/16 at S50)
 #            + decode bench (512-token prompt, 256 new tokens, batch 1 and 8, each variant as a
 #            CUDA graph of the eager step and with torch.compile'd blocks)     ~8 min on an H100
@@ -13,6 +13,7 @@
 #            70B-shaped decode on one GPU (FP16 vs gqsa W4 S50, batch 1 and 8)       ~8 min on an H200
 #     stream no tests: only the streamed 70B-shaped compression                      ~3 min on an H200
 #     kernels tests + kernel bench on LLaMA-2-7B shapes, batch 1/8/16 (no decode bench)
+#     engine tests + the small-batch kernel's tile sweep (batch 8-32)                ~9 min on an H200
 # Writes $OUT/run.log, tune.json, kernels.json, kernels.png, decode.json ($OUT defaults to
 # ./bench_out) and prints the summary tables last.
 set -uo pipefail
@@ -40,7 +41,9 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log, never abort 
 case "$MODE" in  # the modes that measure compression skip the tests
   scale|stream) ;;
   *) step tests 200 python3 -m pytest tests/kernels tests/test_cli_gpu.py tests/solver/test_sweep_gpu.py \
-       tests/solver/test_hessian_gpu.py -q -rfEs -p no:cacheprovider -n 8 ;;
+       tests/solver/test_hessian_gpu.py -q -rfEs -p no:cacheprovider -n 8 --ignore tests/kernels/test_random_gpu.py
+     # the 1,040 random cases in their own step, so that a slow or failing chunk cannot hide the rest
+     step random_cases 200 python3 -m pytest tests/kernels/test_random_gpu.py -q -rfEs -p no:cacheprovider -n 8 ;;
 esac
 case "$MODE" in
   tune)
@@ -54,6 +57,8 @@ case "$MODE" in
     step decode 240 python3 -m gqsa.bench.decode --out "$OUT" ;;
   kernels)
     step kernels 170 python3 -m gqsa.bench.kernels --out "$OUT" --models llama2-7b --batches 1 8 16 ;;
+  engine)
+    step smallm_tiles 150 python3 -m gqsa.bench.tune --out "$OUT" --smallm-tiles ;;
   stream)
     step stream 230 python3 -m gqsa.bench.stream --blocks 2 --out "$OUT" ;;
   scale)
@@ -62,7 +67,7 @@ case "$MODE" in
       --modes graph --batches 1 8 ;;
   stages)
     step stages 300 python3 scripts/stages_gpu.py --out "$OUT/stages_gpu.json" ;;
-  *) echo "unknown mode $MODE (full|quick|kernels|tune|stages|scale|stream)"; exit 2 ;;
+  *) echo "unknown mode $MODE (full|quick|kernels|engine|tune|stages|scale|stream)"; exit 2 ;;
 esac
 
 echo; echo "=============== summary ($MODE) ==============="

@@ -129,6 +129,34 @@ def sweep_smallm(n: int, k: int, m: int) -> list[dict]:
     return recs
 
 
+SMALLM_TILES = [(bn, bk, w, st, mk) for bn in (32, 64) for bk in (64, 128) for w in (4, 8) for st in (1, 2)
+                for mk in (512, 1024)]  # block_n, block_k, num_warps, num_stages, max_k
+
+
+def sweep_smallm_tiles(n: int, k: int, m: int) -> list[dict]:
+    """Small-batch kernel at batch m over its tile (rows, input columns per step, warps, pipeline
+    stages, columns per program), FP16 cuBLAS and dequantize + cuBLAS beside."""
+    p = random_packed(n, k, 16, 4, 0.5, "uniform", DEVICE, 0)
+    copies = layer_copies(p)
+    x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
+    base = dict(n=n, k=k, m=m, sweep="smallm_tiles")
+    recs = [dict(base, kind="fp16", cfg="cublas", us=_fp16_us(n, k, x)),
+            dict(base, kind="dense", cfg="dequant+cublas",
+                 us=_timed(lambda q, pl: lambda x: gqs_dense_linear(x, q, None, pl), copies, x, p))]
+    for bn, bk, w, st, mk in SMALLM_TILES:
+        cfg = SmallMConfig(block_n=bn, block_k=bk, num_warps=w, num_stages=st, max_k=mk)
+        try:
+            us = _timed(lambda q, pl: lambda x: gqs_smallm(x, q, None, pl, cfg), copies, x, p)
+        except triton.runtime.errors.OutOfResources as e:
+            print(f"smallm {cfg}: {e}")
+            us = float("inf")
+        recs.append(dict(base, kind="smallm", cfg=f"n{bn}k{bk}w{w}s{st}c{mk}", us=us))
+    best = min((r for r in recs if r["kind"] == "smallm"), key=lambda r: r["us"])
+    print(f"{n}x{k} M={m}: fp16 {recs[0]['us']:.1f} dense {recs[1]['us']:.1f} best smallm {best['cfg']}="
+          f"{best['us']:.1f} | " + " ".join(f"{r['cfg']}={r['us']:.1f}" for r in recs[2:]), flush=True)
+    return recs
+
+
 FORMAT_SHAPES = [(11008, 4096), (4096, 11008)]
 SMALLM_FORMAT_CONFIGS = [(32, 2, 512), (32, 4, 512), (32, 4, 1024), (32, 4, 2048), (32, 8, 1024),
                          (16, 4, 1024), (64, 4, 1024), (32, 4, 0)]  # block_n, groups per step, max_k

@@ -32,6 +32,9 @@ def parse_args(argv):
     ap.add_argument("--no-prefill", action="store_true")
     ap.add_argument("--smallm", action="store_true",
                     help="only the small-batch kernel's cap on group columns per program, batch 8 and 16")
+    ap.add_argument("--smallm-tiles", action="store_true",
+                    help="only the small-batch kernel's tiles (gqsa.bench.sweeps.SMALLM_TILES) at batch 8, 16, 32 "
+                         "on the LLaMA-2-7B shapes")
     ap.add_argument("--decode-only", action="store_true",
                     help="only the rows-schedule tiles at batch 1 and 2 on every shape and pattern")
     ap.add_argument("--small-m", action="store_true",
@@ -55,6 +58,7 @@ def main(argv: list[str] | None = None) -> list[dict]:
         sweep_rows,
         sweep_small_m,
         sweep_smallm,
+        sweep_smallm_tiles,
         sweep_tasks,
     )
     os.makedirs(args.out, exist_ok=True)
@@ -64,6 +68,12 @@ def main(argv: list[str] | None = None) -> list[dict]:
     def save(name: str = "tune.json") -> None:  # after each sweep: a cut run keeps what it measured
         with open(os.path.join(args.out, name), "w") as f:
             json.dump(recs, f)
+    if args.smallm_tiles:
+        for m in (8, 16, 32):
+            for n, k in SHAPES:
+                recs += sweep_smallm_tiles(n, k, m)
+                save("tune_smallm_tiles.json")
+        return recs
     if args.small_m:
         for n, k in SHAPES:
             recs += sweep_small_m(n, k)
