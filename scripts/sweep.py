@@ -79,6 +79,15 @@ _ACT = dict(act_order=True)  # with the original grids (setdefault below)
 _ACTC = dict(act_order=True, act_order_grids="compensated")
 GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     ("fp16", "FP16 (dequantized Q4_1)", "fp16", {}),
+    # added after the fourth GPU session: the issue's 4.2-bit comparison, not yet run for gqsa (GPTQ W4 g128:
+    # 25.9 / 31.9 at 4.17 bits), at GPTQ's size with a budget and without pruning
+    ("gqsa-w4-g64-b4.17-actc-owl-stages",
+     "GQSA W4 G64 at 4.17 bits act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
+     dict(bits=4, group_size=64, bits_per_weight=4.17, allocation="owl", **_ACTC, **_STAGES)),
+    ("gqsa-w4-s0-g64-actc-stages", "GQSA W4 G64 S0 act-order (compensated grids) + BQPO + E2E-OQP", "gqsa",
+     dict(bits=4, group_size=64, sparsity=0.0, **_ACTC, **_STAGES)),
+    ("gqsa-w4-s0-g64-actc", "GQSA W4 G64 S0 act-order (compensated grids)", "gqsa",
+     dict(bits=4, group_size=64, sparsity=0.0, **_ACTC)),
     # added after the fourth GPU session (2026-12-02 08:00): the new leads on calibration seed 1 (W3 G32 at 3.16
     # bits + stages 40.7 / 49.6 against GPTQ W3 g128's 44.0 / 53.7 at the same 3.16 bits is within 10 %)
     ("gqsa-w3-g32-b3.16-actc-owl-stages-seed1",
