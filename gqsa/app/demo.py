@@ -45,8 +45,9 @@ def run_demo(out: str | None = None, windows: int = 16) -> dict:
         print(f"{a:<38} {b:>10} {c:>16}")
     print(f"\nSaved to {out}. The reference is SmolLM2's Q4_1 GGUF dequantized to fp16.")
     print("One-shot 50 % group sparsity is harsh on a 135 M model. Per bit, coarser groups with less pruning do "
-          "better, and BQPO (--bqpo-epochs 2) and E2E-OQP (--e2e-epochs 1) recover much of the rest: --bits 2 "
-          "--group-size 32 --sparsity 0.1 with both stages stores 2.11 bits and beat every GPTQ run up to 2.28 bits "
-          "on an H200 (docs/results/gpu/README.md); --bits-per-weight B sets the size instead of the sparsity.")
+          "better, and BQPO (--bqpo-epochs 2) and E2E-OQP (--e2e-epochs 1) recover much of the rest: with both "
+          "stages, --bits 3 --group-size 32 --bits-per-weight 3.16 beat GPTQ W3 g128 at the same 3.16 bits, and "
+          "--bits 2 --group-size 32 --bits-per-weight 2.28 beat GPTQ W2 g64 at 2.28 bits by a third, on an H200 "
+          "(docs/results/gpu/README.md).")
     return {"reference_ppl": ref["ppl"], "gqsa_ppl": new["ppl"], "bits_per_weight": log["bits_per_weight"],
             "compress_seconds": compress_s, "out": str(out)}
