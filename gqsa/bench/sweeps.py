@@ -114,18 +114,32 @@ def sweep_small_m(n: int, k: int) -> list[dict]:
 SMALLM_SHAPES = [(4096, 4096), (11008, 4096), (14336, 4096), (4096, 14336), (8192, 8192), (28672, 8192)]
 
 
-def sweep_smallm(n: int, k: int, m: int) -> list[dict]:
-    """Small-batch kernel at batch m over the cap on group columns per program, FP16 beside."""
+def _smallm_configs(n: int, k: int, m: int, sweep: str, cfgs: dict[str, SmallMConfig], dense: bool = False
+                    ) -> list[dict]:
+    """Small-batch kernel at batch m under each named config on a W4 S50 G16 layer [n, k], FP16 cuBLAS
+    (and, with ``dense``, dequantize + cuBLAS) beside; a config too big for the chip is recorded as inf."""
     p = random_packed(n, k, 16, 4, 0.5, "uniform", DEVICE, 0)
     copies = layer_copies(p)
     x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
-    base = dict(n=n, k=k, m=m, sweep="smallm")
+    base = dict(n=n, k=k, m=m, sweep=sweep)
     recs = [dict(base, kind="fp16", us=_fp16_us(n, k, x))]
-    for cap in (32, 64, 128, 0):
-        cfg = SmallMConfig(max_k=cap * 16)
-        us = _timed(lambda q, pl: lambda x: gqs_smallm(x, q, None, pl, cfg), copies, x, p)
-        recs.append(dict(base, kind="smallm", cfg=f"cap{cap}", us=us))
-    print(" ".join(f"{r.get('cfg', r['kind'])}={r['us']:.1f}" for r in recs), base, flush=True)
+    if dense:
+        recs.append(dict(base, kind="dense", us=_timed(lambda q, pl: lambda x: gqs_dense_linear(x, q, None, pl),
+                                                     copies, x, p)))
+    for name, cfg in cfgs.items():
+        try:
+            us = _timed(lambda q, pl: lambda x: gqs_smallm(x, q, None, pl, cfg), copies, x, p)
+        except triton.runtime.errors.OutOfResources as e:
+            print(f"smallm {name}: {e}")
+            us = float("inf")
+        recs.append(dict(base, kind="smallm", cfg=name, us=us))
+    return recs
+
+
+def sweep_smallm(n: int, k: int, m: int) -> list[dict]:
+    """Small-batch kernel at batch m over the cap on group columns per program, FP16 beside."""
+    recs = _smallm_configs(n, k, m, "smallm", {f"cap{cap}": SmallMConfig(max_k=cap * 16) for cap in (32, 64, 128, 0)})
+    print(" ".join(f"{r.get('cfg', r['kind'])}={r['us']:.1f}" for r in recs), dict(n=n, k=k, m=m), flush=True)
     return recs
 
 
@@ -136,21 +150,9 @@ SMALLM_TILES = [(bn, bk, w, st, mk) for bn in (32, 64) for bk in (64, 128) for w
 def sweep_smallm_tiles(n: int, k: int, m: int) -> list[dict]:
     """Small-batch kernel at batch m over its tile (rows, input columns per step, warps, pipeline
     stages, columns per program), FP16 cuBLAS and dequantize + cuBLAS beside."""
-    p = random_packed(n, k, 16, 4, 0.5, "uniform", DEVICE, 0)
-    copies = layer_copies(p)
-    x = torch.randn(m, k, device=DEVICE, dtype=torch.float16)
-    base = dict(n=n, k=k, m=m, sweep="smallm_tiles")
-    recs = [dict(base, kind="fp16", cfg="cublas", us=_fp16_us(n, k, x)),
-            dict(base, kind="dense", cfg="dequant+cublas",
-                 us=_timed(lambda q, pl: lambda x: gqs_dense_linear(x, q, None, pl), copies, x, p))]
-    for bn, bk, w, st, mk in SMALLM_TILES:
-        cfg = SmallMConfig(block_n=bn, block_k=bk, num_warps=w, num_stages=st, max_k=mk)
-        try:
-            us = _timed(lambda q, pl: lambda x: gqs_smallm(x, q, None, pl, cfg), copies, x, p)
-        except triton.runtime.errors.OutOfResources as e:
-            print(f"smallm {cfg}: {e}")
-            us = float("inf")
-        recs.append(dict(base, kind="smallm", cfg=f"n{bn}k{bk}w{w}s{st}c{mk}", us=us))
+    cfgs = {f"n{bn}k{bk}w{w}s{st}c{mk}": SmallMConfig(block_n=bn, block_k=bk, num_warps=w, num_stages=st, max_k=mk)
+            for bn, bk, w, st, mk in SMALLM_TILES}
+    recs = _smallm_configs(n, k, m, "smallm_tiles", cfgs, dense=True)
     best = min((r for r in recs if r["kind"] == "smallm"), key=lambda r: r["us"])
     print(f"{n}x{k} M={m}: fp16 {recs[0]['us']:.1f} dense {recs[1]['us']:.1f} best smallm {best['cfg']}="
           f"{best['us']:.1f} | " + " ".join(f"{r['cfg']}={r['us']:.1f}" for r in recs[2:]), flush=True)
