@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# One device call: GPU kernel tests (then the 1,040 random cases), kernel benchmark, decode benchmark.
+# One device call: GPU kernel tests (modes kernels and engine: then the 1,040 random cases), kernel
+# benchmark, decode benchmark.
 #
 # Usage (from the repository root, on a CUDA machine):
 #   scripts/gpu_all.sh [full|quick|kernels|engine|tune|stages|scale|stream]
@@ -12,8 +13,8 @@
 #     scale  no tests: the streamed 70B-shaped compression (2 blocks, gqsa.bench.stream) and the
 #            70B-shaped decode on one GPU (FP16 vs gqsa W4 S50, batch 1 and 8)       ~8 min on an H200
 #     stream no tests: only the streamed 70B-shaped compression                      ~3 min on an H200
-#     kernels tests + kernel bench on LLaMA-2-7B shapes, batch 1/8/16 (no decode bench)
-#     engine tests + the small-batch kernel's tile sweep (batch 8-32)                ~9 min on an H200
+#     kernels tests + random cases + kernel bench on LLaMA-2-7B shapes, batch 1/8/16 (no decode bench)
+#     engine tests + random cases + the small-batch kernel's tile sweep (batch 8-32) ~9 min on an H200
 # Writes $OUT/run.log, tune.json, kernels.json, kernels.png, decode.json ($OUT defaults to
 # ./bench_out) and prints the summary tables last.
 set -uo pipefail
@@ -41,9 +42,11 @@ step() {  # step NAME TIMEOUT_S CMD...: run with a time limit, log, never abort 
 case "$MODE" in  # the modes that measure compression skip the tests
   scale|stream) ;;
   *) step tests 200 python3 -m pytest tests/kernels tests/test_cli_gpu.py tests/solver/test_sweep_gpu.py \
-       tests/solver/test_hessian_gpu.py -q -rfEs -p no:cacheprovider -n 8 --ignore tests/kernels/test_random_gpu.py
-     # the 1,040 random cases in their own step, so that a slow or failing chunk cannot hide the rest
-     step random_cases 200 python3 -m pytest tests/kernels/test_random_gpu.py -q -rfEs -p no:cacheprovider -n 8 ;;
+       tests/solver/test_hessian_gpu.py -q -rfEs -p no:cacheprovider -n 8 --ignore tests/kernels/test_random_gpu.py ;;
+esac
+case "$MODE" in  # the kernel modes add the 1,040 random cases, in their own step so that a slow or failing
+  kernels|engine)  # chunk cannot hide the other tests' summary
+    step random_cases 200 python3 -m pytest tests/kernels/test_random_gpu.py -q -rfEs -p no:cacheprovider -n 8 ;;
 esac
 case "$MODE" in
   tune)
