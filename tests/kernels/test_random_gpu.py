@@ -27,8 +27,10 @@ KEEP_CHOICES = (0.0, 0.1, 0.5, 0.9, 1.0)
 def _cases(chunk: int):
     """(layer, dtype, bias, batches) for the chunk's layers, from a generator seeded by the chunk."""
     gen = torch.Generator().manual_seed(1000 + chunk)
+
+    def pick(n: int) -> int:
+        return int(torch.randint(0, n, (1,), generator=gen))
     for i in range(LAYERS):
-        pick = lambda n: int(torch.randint(0, n, (1,), generator=gen))  # noqa: E731
         g, bits = CASES[pick(len(CASES))]
         n, ng = 2 + pick(299), 1 + pick(40)
         p = random_layer(n, ng, g, bits, gen, keep_p=KEEP_CHOICES[pick(len(KEEP_CHOICES))])
@@ -59,7 +61,6 @@ def _paths(m: int):
 def test_random_cases(chunk):
     from gqsa.kernels import ops
     from gqsa.kernels.plan import build_plan
-    checked = 0
     for p, dtype, bias, batches in _cases(chunk):
         plan = build_plan(p)
         for m in batches:
@@ -71,5 +72,3 @@ def test_random_cases(chunk):
                     check(y, x, p, bias)
                 except AssertionError as e:
                     raise AssertionError(f"{name} on {where}: {e}") from None
-            checked += 1
-    assert checked == LAYERS * BATCHES
