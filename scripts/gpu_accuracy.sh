@@ -12,7 +12,9 @@
 # half its time in the multiple-choice evaluation. Run logs go to /tmp/gqsa-assets/gpu_runs
 # (kept while the machine is warm: a next call continues the list, a killed run is redone) and
 # come back as $OUT/gpu_runs.tar.gz; unpack it into docs/results/gpu and rebuild the page here with
-# `python scripts/sweep.py --gpu --report-only`. Prints one line per finished run last.
+# `python scripts/sweep.py --gpu --report-only`. Prints one line per finished run last. Give the device call
+# a limit at least 90 s above SECONDS (staging and packing): the archives are refreshed every 20 s, so a
+# call killed at its limit still returns the runs finished by then.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_assets.sh env
@@ -27,16 +29,28 @@ mkdir -p "$RUNS" "$OUT"
 [ "${FRESH:-0}" = 1 ] || for d in docs/results/gpu/*/; do [ -f "$d/run.json" ] && cp -rn "$d" "$RUNS"/; done
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PYTHONPATH"
 nvidia-smi -L; date -u
+pack() {  # the finished runs and the worker logs into $OUT, each archive replaced whole (tar, then mv)
+    tar -czf "$OUT/gpu_runs.tar.gz.part" -C "$RUNS" --exclude='worker*.log' --exclude='*.png' --exclude='*.part' . \
+        2>/dev/null && mv "$OUT/gpu_runs.tar.gz.part" "$OUT/gpu_runs.tar.gz"
+    tar -czf "$OUT/gpu_worker_logs.tar.gz.part" -C "$RUNS" $(cd "$RUNS" && ls worker*.log 2>/dev/null) 2>/dev/null \
+        && mv "$OUT/gpu_worker_logs.tar.gz.part" "$OUT/gpu_worker_logs.tar.gz"
+}
+pids=()
 for w in $(seq 1 "$WORKERS"); do
     timeout "$SECONDS_MAX" python3 scripts/sweep.py --gpu --threads 2 --out "$RUNS" \
         > "$RUNS/worker$w.log" 2>&1 &
+    pids+=($!)
     sleep 2  # let each claim its first run before the next starts
 done
-wait
+# Pack every 20 s while the workers run: if the device call's own limit kills this script, the runs
+# finished so far still come back (2026-12-02: a call killed 60 s after SECONDS_MAX brought back nothing)
+( while sleep 20; do pack; done ) &
+packer=$!
+wait "${pids[@]}"
+kill "$packer" 2>/dev/null
 grep -h -E "^[a-z0-9-]+: [0-9]+ s, bits" "$RUNS"/worker*.log
 grep -h -B2 -A12 "Traceback" "$RUNS"/worker*.log | tail -40
-tar -czf "$OUT/gpu_runs.tar.gz" -C "$RUNS" --exclude='worker*.log' --exclude='*.png' . 2>/dev/null
-tar -czf "$OUT/gpu_worker_logs.tar.gz" -C "$RUNS" $(cd "$RUNS" && ls worker*.log) 2>/dev/null
+pack
 echo "=== finished runs ($(ls "$RUNS"/*/run.json 2>/dev/null | wc -l) of the plan)"
 python3 - "$RUNS" <<'EOF'
 import json, sys, pathlib
