@@ -29,11 +29,13 @@ mkdir -p "$RUNS" "$OUT"
 [ "${FRESH:-0}" = 1 ] || for d in docs/results/gpu/*/; do [ -f "$d/run.json" ] && cp -rn "$d" "$RUNS"/; done
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PYTHONPATH"
 nvidia-smi -L; date -u
-pack() {  # the finished runs and the worker logs into $OUT, each archive replaced whole (tar, then mv)
-    tar -czf "$OUT/gpu_runs.tar.gz.part" -C "$RUNS" --exclude='worker*.log' --exclude='*.png' --exclude='*.part' . \
-        2>/dev/null && mv "$OUT/gpu_runs.tar.gz.part" "$OUT/gpu_runs.tar.gz"
-    tar -czf "$OUT/gpu_worker_logs.tar.gz.part" -C "$RUNS" $(cd "$RUNS" && ls worker*.log 2>/dev/null) 2>/dev/null \
-        && mv "$OUT/gpu_worker_logs.tar.gz.part" "$OUT/gpu_worker_logs.tar.gz"
+archive() {  # archive NAME TAR_ARGS...: files of $RUNS into $OUT/NAME, replaced whole (tar, then mv)
+    local name=$1; shift
+    tar -czf "$OUT/$name.part" -C "$RUNS" "$@" 2>/dev/null && mv "$OUT/$name.part" "$OUT/$name"
+}
+pack() {  # the finished runs and the worker logs
+    archive gpu_runs.tar.gz --exclude='worker*.log' --exclude='*.png' .
+    archive gpu_worker_logs.tar.gz $(cd "$RUNS" && ls worker*.log 2>/dev/null)
 }
 pids=()
 for w in $(seq 1 "$WORKERS"); do
@@ -47,7 +49,7 @@ done
 ( while sleep 20; do pack; done ) &
 packer=$!
 wait "${pids[@]}"
-kill "$packer" 2>/dev/null
+kill "$packer" 2>/dev/null; wait "$packer" 2>/dev/null; rm -f "$OUT"/*.part
 grep -h -E "^[a-z0-9-]+: [0-9]+ s, bits" "$RUNS"/worker*.log
 grep -h -B2 -A12 "Traceback" "$RUNS"/worker*.log | tail -40
 pack
