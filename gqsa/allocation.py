@@ -129,14 +129,14 @@ def allocate(ratios: dict[str, tuple[float, int, int, int]], config: GQSAConfig,
 
 def budget_density(shapes: dict[str, tuple[int, int, bool]], config: GQSAConfig) -> float:
     """Fraction of groups to keep so that linears ``{name: (out, in, has_bias)}`` store
-    ``config.bits_per_weight`` bits per weight in format v2: each kept group costs
-    ``G*b + 8 + b`` bits (codes, scale code, zero), each group a mask bit, each row a 16-bit factor
-    (and a 16-bit bias) whatever is kept; the byte padding of the mask and zero streams (under a
-    byte per layer) is left out. ValueError when the budget is outside what one kept group per row
+    ``config.bits_per_weight`` bits per weight in format v3: each kept group costs
+    ``G*b + 8 + b`` bits (codes, scale code, zero), each group a mask bit, each row an 8-bit factor
+    code (and a 16-bit bias) and each layer a 32-bit factor, whatever is kept; the byte padding of
+    the mask and zero streams (under a byte per layer) is left out. ValueError when the budget is outside what one kept group per row
     to none pruned can store."""
     g, b = config.group_size, config.bits
     weights = sum(n * k for n, k, _ in shapes.values())
-    fixed = sum(n * k / g + 16 * n * (2 if bias else 1) for n, k, bias in shapes.values())
+    fixed = sum(n * k / g + 8 * n + 32 + (16 * n if bias else 0) for n, k, bias in shapes.values())
     groups = sum(n * (k // g) for n, k, _ in shapes.values())
     per_group = g * b + 8 + b
     lo = (fixed + per_group * sum(n for n, _, _ in shapes.values())) / weights

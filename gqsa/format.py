@@ -1,7 +1,7 @@
 """The packed GQS layout of one compressed linear layer in memory (format version 1).
 
-Folders store the leaner version 2 (:mod:`gqsa.format_v2`), expanded to these tensors at load;
-version-1 folders still load.
+Folders store the lean version 3 (:mod:`gqsa.format_v2`), expanded to these tensors at load;
+version-1 and version-2 folders still load.
 
 A weight W of shape [N, K] (out_features x in_features) is cut into groups of G
 consecutive input weights: K / G groups per row. Only kept groups are stored, in
@@ -31,8 +31,8 @@ from typing import NamedTuple
 
 import torch
 
-FORMAT_VERSION = 2  # what folders are written in (gqsa.format_v2); layers in memory hold version 1's tensors
-SUPPORTED_FORMAT_VERSIONS = (1, 2)
+FORMAT_VERSION = 3  # what folders are written in (gqsa.format_v2); layers in memory hold version 1's tensors
+SUPPORTED_FORMAT_VERSIONS = (1, 2, 3)
 TENSOR_NAMES = ("codes", "col_idx", "row_ptr", "scales", "zeros")
 # What the format can hold: G * bits must fill whole bytes, and the kernels are built for these.
 SUPPORTED_BITS = (2, 3, 4, 8)

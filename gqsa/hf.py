@@ -27,7 +27,7 @@ from transformers import AutoConfig, AutoModelForCausalLM
 
 from gqsa.config import GQSAConfig
 from gqsa.format import FORMAT_VERSION, SUPPORTED_FORMAT_VERSIONS, TENSOR_NAMES, validate_packed
-from gqsa.format_v2 import TENSOR_NAMES_V2, to_stored
+from gqsa.format_v2 import STORED_TENSORS, to_stored
 from gqsa.layer import GQSLinear
 from gqsa.models import set_submodule
 
@@ -70,7 +70,7 @@ def save_compressed(model: nn.Module, out: str | os.PathLike, source: str | os.P
 
 def stored_state(model: nn.Module) -> dict[str, torch.Tensor]:
     """``model``'s state dict as a folder stores it: every GQSLinear's version-1 tensors replaced
-    by its version-2 ones (:func:`gqsa.format_v2.to_stored`; the scales move onto v2's grid)."""
+    by its lean version-3 ones (:func:`gqsa.format_v2.to_stored`; the scales move onto its grids)."""
     state = model.state_dict()
     for name, m in model.named_modules():
         if isinstance(m, GQSLinear):
@@ -206,7 +206,7 @@ def check_format_version(qc: dict) -> None:
 
 def replace_with_gqs_layers(model: nn.Module, qc: dict, device: torch.device | str | None = None) -> None:
     """Swap the nn.Linear layers named in ``qc['layers']`` for empty GQSLinear layers holding the
-    tensors of the folder's format version (version 2: expand them after loading,
+    tensors of the folder's format version (versions 2 and 3: expand them after loading,
     :func:`expand_layers`)."""
     G, bits, storage = qc["group_size"], qc["bits"], qc["format_version"]
     dtype = getattr(model.config, "dtype", None) or torch.float16
@@ -270,7 +270,7 @@ def _check_kept_counts(qc: dict, state: dict[str, torch.Tensor]) -> None:
 
 
 def expand_layers(model: nn.Module) -> None:
-    """:meth:`GQSLinear.expand_storage` on every layer loaded from a version-2 folder."""
+    """:meth:`GQSLinear.expand_storage` on every layer loaded from a lean (version 2 or 3) folder."""
     for name, m in model.named_modules():
         if isinstance(m, GQSLinear):
             m.expand_storage(name)
@@ -291,7 +291,7 @@ def config_dtype(config) -> torch.dtype:
 def load_state(model: nn.Module, state: dict[str, torch.Tensor], dtype: torch.dtype) -> None:
     """Assign saved tensors (floating dense ones cast to ``dtype``), tie weights, check completeness."""
     gqs_names = {f"{n}.{t}" for n, m in model.named_modules() if isinstance(m, GQSLinear)
-                 for t in TENSOR_NAMES + TENSOR_NAMES_V2}
+                 for t in TENSOR_NAMES + sum(STORED_TENSORS.values(), ())}
     state = {k: (v.to(dtype) if v.is_floating_point() and k not in gqs_names else v) for k, v in state.items()}
     try:
         missing, unexpected = model.load_state_dict(state, strict=False, assign=True)

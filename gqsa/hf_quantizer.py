@@ -57,7 +57,7 @@ class GQSAHfQuantizer(HfQuantizer):
         return model
 
     def get_state_dict_and_metadata(self, model):
-        """``save_pretrained`` writes the version-2 tensors (the layers hold version 1 in memory)."""
+        """``save_pretrained`` writes the lean version-3 tensors (the layers hold version 1 in memory)."""
         return stored_state(model), {}
 
     def is_serializable(self) -> bool:

@@ -3,10 +3,10 @@
 It replaces an ``nn.Linear`` inside a transformers model. In memory it holds the packed
 tensors of :mod:`gqsa.format` version 1 (``codes``, ``col_idx``, ``row_ptr``, ``scales``,
 ``zeros``, optional ``bias``), which the kernels read; its state dict is those. Folders store
-version 2 (:mod:`gqsa.format_v2`): :func:`gqsa.hf.save_compressed` writes it, and a layer built
-for loading one (``storage=2``) holds the stored tensors until :meth:`GQSLinear.expand_storage`
-turns them into version 1. The forward pass dispatches on device: the pure-PyTorch reference on CPU, the
-GPU kernels (when present) on CUDA.
+the lean version 3 (:mod:`gqsa.format_v2`): :func:`gqsa.hf.save_compressed` writes it, and a layer
+built for loading a lean folder (``storage=3``, or 2 for an older one) holds the stored tensors
+until :meth:`GQSLinear.expand_storage` turns them into version 1. The forward pass dispatches on
+device: the pure-PyTorch reference on CPU, the GPU kernels (when present) on CUDA.
 """
 
 from __future__ import annotations
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from gqsa.format import TENSOR_NAMES, PackedGQS, check_shape
-from gqsa.format_v2 import TENSOR_NAMES_V2, from_stored, from_v1, to_v1, v2_shapes
+from gqsa.format_v2 import FORMAT_V3, LEAN_VERSIONS, STORED_TENSORS, from_stored, from_v1, to_v1, v2_shapes
 from gqsa.kernels.plan import PLAN_TENSORS, KernelPlan, build_plan
 
 
@@ -28,9 +28,9 @@ class GQSLinear(nn.Module):
         group_size, bits: G and b.
         bias: whether the layer has a bias.
         dtype: dtype of the bias.
-        storage: 1 (default): the version-1 buffers the kernels read. 2: empty buffers of the
-            version-2 tensors a folder stores, to be loaded into and then expanded
-            (:meth:`expand_storage`); such a layer cannot run before that.
+        storage: 1 (default): the version-1 buffers the kernels read. 3 (or 2): empty buffers of
+            the lean tensors a folder of that format version stores, to be loaded into and then
+            expanded (:meth:`expand_storage`); such a layer cannot run before that.
     """
 
     def __init__(self, in_features: int, out_features: int, nnz: int, group_size: int = 16, bits: int = 4,
@@ -47,11 +47,11 @@ class GQSLinear(nn.Module):
             self.register_buffer("row_ptr", torch.zeros(out_features + 1, dtype=torch.int32, **kw))
             self.register_buffer("scales", torch.ones(nnz, dtype=torch.float16, **kw))
             self.register_buffer("zeros", torch.zeros(nnz, dtype=torch.uint8, **kw))
-        elif storage == 2:
-            for name, (shape, dt) in v2_shapes(out_features, in_features, nnz, group_size, bits).items():
+        elif storage in LEAN_VERSIONS:
+            for name, (shape, dt) in v2_shapes(out_features, in_features, nnz, group_size, bits, storage).items():
                 self.register_buffer(name, torch.zeros(shape, dtype=dt, **kw))
         else:
-            raise ValueError(f"storage must be 1 or 2 (a format version), got {storage!r}")
+            raise ValueError(f"storage must be 1, 2 or 3 (a format version), got {storage!r}")
         self.storage = storage
         self.register_buffer("bias", torch.zeros(out_features, dtype=dtype, **kw) if bias else None)
         # GPU kernel metadata derived from the packed tensors (gqsa.kernels.plan); never saved.
@@ -79,13 +79,14 @@ class GQSLinear(nn.Module):
         return int(self.codes.shape[0])
 
     def expand_storage(self, name: str = "layer") -> None:
-        """Turn the loaded version-2 tensors (``storage=2``) into the version-1 buffers, validated
+        """Turn the loaded lean tensors (``storage`` 2 or 3) into the version-1 buffers, validated
         (:func:`gqsa.format_v2.from_stored`); nothing to do on a version-1 layer."""
         if self.storage == 1:
             return
-        packed = from_stored({t: self._buffers[t] for t in TENSOR_NAMES_V2}, self.out_features, self.in_features,
-                             self.group_size, self.bits, name)
-        for t in TENSOR_NAMES_V2:
+        stored = STORED_TENSORS[self.storage]
+        packed = from_stored({t: self._buffers[t] for t in stored}, self.out_features, self.in_features,
+                             self.group_size, self.bits, name, self.storage)
+        for t in stored:
             del self._buffers[t]
         for t in TENSOR_NAMES:
             self.register_buffer(t, getattr(packed, t))
@@ -111,8 +112,8 @@ class GQSLinear(nn.Module):
     def packed(self) -> PackedGQS:
         """The layer's tensors as a :class:`PackedGQS` (no copies)."""
         if self.storage != 1:
-            raise RuntimeError("this GQSLinear still holds the stored version-2 tensors: call expand_storage() "
-                               "after loading them (gqsa.load and from_pretrained do)")
+            raise RuntimeError(f"this GQSLinear still holds the stored version-{self.storage} tensors: call "
+                               "expand_storage() after loading them (gqsa.load and from_pretrained do)")
         return PackedGQS(self.codes, self.col_idx, self.row_ptr, self.scales, self.zeros,
                          self.out_features, self.in_features, self.group_size, self.bits)
 
@@ -146,7 +147,7 @@ class GQSLinear(nn.Module):
         kept = self.nnz / (self.out_features * (self.in_features // self.group_size))
         return (f"in_features={self.in_features}, out_features={self.out_features}, group_size={self.group_size}, "
                 f"bits={self.bits}, kept={kept:.3f}, bias={self.bias is not None}"
-                + ("" if self.storage == 1 else ", storage=2 (not expanded)"))
+                + ("" if self.storage == 1 else f", storage={self.storage} (not expanded)"))
 
 
 def prepare_kernels(model: nn.Module) -> int:
@@ -160,10 +161,11 @@ def prepare_kernels(model: nn.Module) -> int:
 
 
 def roundtrip_model(model: nn.Module) -> dict[str, float | int]:
-    """Put every GQSLinear of ``model`` through version 2 in place (:func:`gqsa.format_v2.from_v1`,
-    then :func:`~gqsa.format_v2.to_v1`: the scales move onto v2's grid, all else is exact), which
-    is what saving and loading a folder does to them; returns the size accounting of both
-    versions over those layers."""
+    """Put every GQSLinear of ``model`` through the stored format (version 3) in place
+    (:func:`gqsa.format_v2.from_v1`, then :func:`~gqsa.format_v2.to_v1`: the scales move onto its
+    grids, all else is exact), which is what saving and loading a folder does to them; returns the
+    size accounting of version 1 and of the stored version over those layers
+    (``stored_bits_per_weight``, ``format_version``, ``v1_bits_per_weight``, ``clamped_scales``)."""
     v1_bytes = v2_bytes = weights = clamped = 0
     for m in model.modules():
         if isinstance(m, GQSLinear):
@@ -173,8 +175,9 @@ def roundtrip_model(model: nn.Module) -> dict[str, float | int]:
             m.clear_kernel_plan()
             v1_bytes, v2_bytes, clamped = v1_bytes + p.nbytes(), v2_bytes + v2.nbytes(), clamped + c
             weights += m.in_features * m.out_features
-    return {"v1_bits_per_weight": 8 * v1_bytes / max(weights, 1), "v2_bits_per_weight": 8 * v2_bytes / max(weights, 1),
-            "clamped_scales": clamped}
+    per_weight = 8 / max(weights, 1)
+    return {"v1_bits_per_weight": v1_bytes * per_weight, "stored_bits_per_weight": v2_bytes * per_weight,
+            "format_version": FORMAT_V3, "clamped_scales": clamped}
 
 
 def _drop_kernel_plan(module: GQSLinear, incompatible_keys) -> None:

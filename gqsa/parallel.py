@@ -114,9 +114,11 @@ def _read_shard(m: nn.Module, style: str, where: dict, name: str, rank: int, wor
         bias = None if bias is None or rank != 0 else bias[:].to(dtype)
     if isinstance(m, GQSLinear):
         f = where[prefix + "codes"]
-        read = {(1, "colwise"): read_colwise, (1, "rowwise"): read_rowwise,
-                (2, "colwise"): read_colwise_v2, (2, "rowwise"): read_rowwise_v2}[m.storage, style]
-        packed = read(f, prefix, m.out_features, m.in_features, m.group_size, m.bits, rank, world_size)
+        args = (f, prefix, m.out_features, m.in_features, m.group_size, m.bits, rank, world_size)
+        if m.storage == 1:
+            packed = {"colwise": read_colwise, "rowwise": read_rowwise}[style](*args)
+        else:  # a lean folder, version 2 or 3
+            packed = {"colwise": read_colwise_v2, "rowwise": read_rowwise_v2}[style](*args, version=m.storage)
         return GQSLinear.from_packed(packed, bias)
     w = where[prefix + "weight"].get_slice(prefix + "weight")
     if style == "colwise":

@@ -16,9 +16,9 @@ Within a row, kept groups are stored in ascending column-group order, so a row's
 fall in one rank's range are also one contiguous run: reading a row-parallel shard from a file
 takes one contiguous read per row (:func:`read_rowwise`).
 
-A version-2 folder (:mod:`gqsa.format_v2`) stores a mask instead of ``col_idx``/``row_ptr``:
-its readers (:func:`read_colwise_v2`, :func:`read_rowwise_v2`) read the small tensors whole to
-derive the version-1 index, then only the shard's codes.
+A lean folder (format version 2 or 3, :mod:`gqsa.format_v2`) stores a mask instead of
+``col_idx``/``row_ptr``: its readers (:func:`read_colwise_v2`, :func:`read_rowwise_v2`) read the
+small tensors whole to derive the version-1 index, then only the shard's codes.
 
 The in-memory functions are the oracle; the file readers must give the same tensors.
 """
@@ -28,7 +28,7 @@ from __future__ import annotations
 import torch
 
 from gqsa.format import PackedGQS, row_of_groups
-from gqsa.format_v2 import TENSOR_NAMES_V2, from_stored
+from gqsa.format_v2 import FORMAT_V3, STORED_TENSORS, from_stored
 
 PACKED_1D = ("col_idx", "scales", "zeros")  # per kept group, like the rows of codes
 
@@ -101,19 +101,20 @@ def read_colwise(f, prefix: str, out_features: int, in_features: int, group_size
                      r1 - r0, in_features, group_size, bits)
 
 
-def read_index_v2(f, prefix: str, out_features: int, in_features: int, group_size: int, bits: int) -> PackedGQS:
-    """A version-2 layer's version-1 view without its codes (a meta tensor of their shape): the
-    mask, row factors, scale codes and zeros (about 1 bit of every 6 stored at W4 G16) are read
-    whole and validated; the codes are then read as the shard needs them."""
-    tensors = {n: f.get_tensor(prefix + n) for n in TENSOR_NAMES_V2 if n != "codes"}
+def read_index_v2(f, prefix: str, out_features: int, in_features: int, group_size: int, bits: int,
+                  version: int = FORMAT_V3) -> PackedGQS:
+    """A lean (``version`` 2 or 3) layer's version-1 view without its codes (a meta tensor of
+    their shape): the mask, row factors, scale codes and zeros (about 1 bit of every 6 stored at
+    W4 G16) are read whole and validated; the codes are then read as the shard needs them."""
+    tensors = {n: f.get_tensor(prefix + n) for n in STORED_TENSORS[version] if n != "codes"}
     tensors["codes"] = torch.empty(f.get_slice(prefix + "codes").get_shape(), dtype=torch.uint8, device="meta")
-    return from_stored(tensors, out_features, in_features, group_size, bits, prefix[:-1])
+    return from_stored(tensors, out_features, in_features, group_size, bits, prefix[:-1], version)
 
 
 def read_colwise_v2(f, prefix: str, out_features: int, in_features: int, group_size: int, bits: int,
-                    rank: int, world_size: int) -> PackedGQS:
-    """:func:`read_colwise` of a version-2 folder: the shard's codes are one contiguous slice."""
-    full = read_index_v2(f, prefix, out_features, in_features, group_size, bits)
+                    rank: int, world_size: int, version: int = FORMAT_V3) -> PackedGQS:
+    """:func:`read_colwise` of a lean folder: the shard's codes are one contiguous slice."""
+    full = read_index_v2(f, prefix, out_features, in_features, group_size, bits, version)
     shard = colwise(full, rank, world_size, prefix[:-1])
     r0, _ = shard_range(out_features, rank, world_size, f"out_features of {prefix[:-1]!r}")
     a = int(full.row_ptr[r0])
@@ -122,9 +123,9 @@ def read_colwise_v2(f, prefix: str, out_features: int, in_features: int, group_s
 
 
 def read_rowwise_v2(f, prefix: str, out_features: int, in_features: int, group_size: int, bits: int,
-                    rank: int, world_size: int) -> PackedGQS:
-    """:func:`read_rowwise` of a version-2 folder: the shard's codes as one contiguous run per row."""
-    full = read_index_v2(f, prefix, out_features, in_features, group_size, bits)
+                    rank: int, world_size: int, version: int = FORMAT_V3) -> PackedGQS:
+    """:func:`read_rowwise` of a lean folder: the shard's codes as one contiguous run per row."""
+    full = read_index_v2(f, prefix, out_features, in_features, group_size, bits, version)
     g0, g1 = rowwise_groups(in_features, group_size, rank, world_size, prefix[:-1])
     pos, row_ptr = rowwise_selection(full.col_idx, full.row_ptr, (g0, g1))
     shard = rowwise(full, rank, world_size, prefix[:-1])

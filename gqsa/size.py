@@ -3,9 +3,9 @@
 Every linear of the decoder blocks is counted part by part (bits):
 
 - gqsa (a :class:`~gqsa.layer.GQSLinear`): its packed tensors as a folder stores them, byte
-  for byte (format version 2, :mod:`gqsa.format_v2`): ``codes`` (b bits per kept weight),
-  ``mask`` (1 bit per group), ``row_scale`` (fp16 per row), ``scale_codes`` (8 bits per kept
-  group), ``zeros`` (b bits per kept group), and ``bias``.
+  for byte (format version 3, :mod:`gqsa.format_v2`): ``codes`` (b bits per kept weight),
+  ``mask`` (1 bit per group), ``layer_scale`` (fp32 per layer), ``row_code`` (8 bits per row),
+  ``scale_codes`` (8 bits per kept group), ``zeros`` (b bits per kept group), and ``bias``.
 - a baseline (an nn.Linear holding the fake-quantized / pruned weight; its
   :class:`~gqsa.baselines.BaselineConfig` given): what a real deployment would store, by
   convention (N x K the weight, G the group size, b the bits, d = 1 - sparsity, ng = ceil(K/G)):
@@ -17,7 +17,7 @@ Every linear of the decoder blocks is counted part by part (bits):
   mask        unstructured sparsity: a bitmap, N K (1 bit per weight)
   index       N:M sparsity: ceil(log2 M) per kept weight, N K d (NVIDIA's 2:4 metadata: 2 bits)
   scales      quantized: one fp16 scale per group of G *input* columns of a row: 16 N ng;
-              with ``scale_format="log8"`` gqsa's storage instead: 8 N ng + 16 N
+              with ``scale_format="log8"`` gqsa's storage instead: 8 N ng + 8 N + 32
   zeros       quantized: one b-bit zero point per group (GPTQ/AutoGPTQ packing): b N ng
               (symmetric too: the packed GPTQ format keeps its constant zeros)
   g_idx       GPTQ act_order="group": one int32 group index per input column: 32 K
@@ -52,11 +52,13 @@ if TYPE_CHECKING:
 FP16_BITS = 16
 SCALE_BITS = 16
 LOG_SCALE_BITS = 8
+LAYER_SCALE_BITS = 32
 G_IDX_BITS = 32
 PARTS = ("codes", "mask", "index", "col_idx", "row_ptr", "scales", "zeros", "g_idx", "bias")
 BITS_CONVENTION = ("gqsa.size: compressed linears part by part (codes, mask/index, col_idx, row_ptr, "
                    "scales, zeros, g_idx, bias): gqsa its packed bytes, baselines b bits per kept "
-                   "weight + fp16 scale (8-bit log code under an fp16 row factor with scale_format log8) "
+                   "weight + fp16 scale (8-bit log code under an 8-bit row code and an fp32 layer factor with "
+                   "scale_format log8, format version 3) "
                    "and b-bit zero per group + bitmap (unstructured) or ceil(log2 M) "
                    "bits per kept weight (N:M); skipped linears and the rest of the model at 16 bits")
 
@@ -67,9 +69,9 @@ def folder_bytes(path: str | Path) -> int:
 
 
 def packed_layer_bits(layer: GQSLinear) -> dict[str, int]:
-    """Bits of each tensor a folder stores for a GQSLinear: its format-version-2 tensors
-    (``codes``, ``mask``, ``row_scale``, ``scale_codes``, ``zeros``; :mod:`gqsa.format_v2`)
-    and ``bias``: 8 x their bytes."""
+    """Bits of each tensor a folder stores for a GQSLinear: its format-version-3 tensors
+    (``codes``, ``mask``, ``layer_scale``, ``row_code``, ``scale_codes``, ``zeros``;
+    :mod:`gqsa.format_v2`) and ``bias``: 8 x their bytes."""
     shapes = v2_shapes(layer.out_features, layer.in_features, layer.nnz, layer.group_size, layer.bits)
     bits = {n: 8 * math.prod(shape) * torch.empty((), dtype=dt).element_size() for n, (shape, dt) in shapes.items()}
     if layer.bias is not None:
@@ -90,8 +92,8 @@ def baseline_layer_bits(cfg: BaselineConfig, out_features: int, in_features: int
     if cfg.quantized:
         ng = math.ceil(k / cfg.group_size)
         parts["scales"], parts["zeros"] = n * ng * SCALE_BITS, n * ng * cfg.bits
-        if getattr(cfg, "scale_format", "fp16") == "log8":  # gqsa's v2 scales: 8 bits a group, an fp16 factor a row
-            parts["scales"] = n * ng * LOG_SCALE_BITS + n * FP16_BITS
+        if getattr(cfg, "scale_format", "fp16") == "log8":  # gqsa's v3 scales: 8 bits a group and a row, fp32 a layer
+            parts["scales"] = n * ng * LOG_SCALE_BITS + n * LOG_SCALE_BITS + LAYER_SCALE_BITS
     if getattr(cfg, "act_order", "off") == "group":
         parts["g_idx"] = k * G_IDX_BITS
     if bias:

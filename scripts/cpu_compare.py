@@ -67,7 +67,7 @@ def main() -> None:
         report = compress_method(model, "sparsegpt", pattern="2:4", bits=a.bits, group_size=128, calib=calib,
                                  progress=False)
     seconds = time.perf_counter() - t0
-    bits = roundtrip_model(model)["v2_bits_per_weight"] if a.method == "gqsa" else report.bits_per_weight
+    bits = roundtrip_model(model)["stored_bits_per_weight"] if a.method == "gqsa" else report.bits_per_weight
     ppl = {t: perplexity(model, eval_tokens(tok, load_texts(t, "eval"))[:, :4096], seqlen=1024, progress=False)["ppl"]
            for t in ("boolq", "squad")}
     out = {"method": a.method, "settings": report.settings(),

@@ -129,14 +129,14 @@ def test_config_rejects_bad_allocation_settings():
     assert cfg.for_layer("model.layers.1.mlp.up_proj").sparsity == 0.5
 
 
-def _v2_bits(ratios, sp, cfg, biased=()):
-    """Bits per weight of format v2 for the kept counts ``sp`` gives (as gqsa.size counts them)."""
+def _stored_bits(ratios, sp, cfg, biased=()):
+    """Bits per weight of format v3 for the kept counts ``sp`` gives (as gqsa.size counts them)."""
     g, b = cfg.group_size, cfg.bits
     total = weights = 0
     for n, (_, rows, cols, _) in ratios.items():
         groups = cols // g
         nnz = rows * round((1 - sp[n]) * groups)
-        total += nnz * g * b + 8 * -(-rows * groups // 8) + 16 * rows + nnz * 8 + 8 * b * -(-nnz // 8)
+        total += nnz * g * b + 8 * -(-rows * groups // 8) + 8 * rows + 32 + nnz * 8 + 8 * b * -(-nnz // 8)
         total += 16 * rows * (n in biased)
         weights += rows * cols
     return total / weights
@@ -153,7 +153,7 @@ _SMOL = {f"model.layers.{i}.{n}": (0.01 * ((i * 7 + j) % 5), rows, cols, i) for 
 def test_a_bits_budget_is_hit_within_0_01(allocation, bits, g, budget):
     cfg = GQSAConfig(bits=bits, group_size=g, allocation=allocation, bits_per_weight=budget)
     sp = allocate(_SMOL, cfg, frozenset({"model.layers.0.q"}))
-    assert abs(_v2_bits(_SMOL, sp, cfg, {"model.layers.0.q"}) - budget) < 0.01
+    assert abs(_stored_bits(_SMOL, sp, cfg, {"model.layers.0.q"}) - budget) < 0.01
     assert all(float(s * (_SMOL[n][2] // g)).is_integer() for n, s in sp.items())
     if allocation == "uniform":  # equal densities but for the single groups that hit the total
         assert max(sp.values()) - min(sp.values()) <= 1.5 / (576 // g)
@@ -185,5 +185,5 @@ def test_layer_balance_counts_whole_groups_of_a_linear():
     assert any(not float(s * (_SMOL[n][2] // 64)).is_integer() for n, s in sp.items())  # finer than a row step
     kept = sum(total[n] - round(s * total[n]) for n, s in sp.items())
     weights = sum(r[1] * r[2] for r in _SMOL.values())
-    fixed = sum(r[1] * r[2] / 64 + 16 * r[1] for r in _SMOL.values())
+    fixed = sum(r[1] * r[2] / 64 + 8 * r[1] + 32 for r in _SMOL.values())
     assert abs((kept * (64 * 3 + 11) + fixed) / weights - 3.16) < 1e-3

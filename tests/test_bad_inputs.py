@@ -70,7 +70,7 @@ def _sibling(k, name):
 @pytest.mark.parametrize("edit, needle", [
     (lambda s, k: s[k].__setitem__(0, s[k][0] ^ 1), "the mask marks"),  # one group more or less
     (lambda s, k: s[k].__setitem__(-1, 255), "past the layer"),  # bits beyond the last group
-    (lambda s, k: s[_sibling(k, "row_scale")].__setitem__(3, float("nan")), "row scale factor"),
+    (lambda s, k: s[_sibling(k, "layer_scale")].__setitem__(0, float("nan")), "layer scale factor"),
     (lambda s, k: s.__setitem__(_sibling(k, "scale_codes"), s[_sibling(k, "scale_codes")].float()),
      "expected torch.uint8")])
 def test_damaged_packed_tensors_are_refused_at_load(packed, capsys, edit, needle):

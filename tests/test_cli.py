@@ -23,7 +23,7 @@ def test_compress_with_both_stages_then_info_eval_generate(model_dir, tmp_path, 
     assert (out / "tokenizer.json").exists()
     assert main(["info", str(out)]) == 0
     shown = capsys.readouterr().out
-    assert "bits_per_weight" in shown and "bqpo" in shown and "'format_version': 2" in shown
+    assert "bits_per_weight" in shown and "bqpo" in shown and "'format_version': 3" in shown
     results = tmp_path / "ppl.json"
     assert main(["eval", str(out), "--ppl", str(text), "--seqlen", "32", "--max-windows", "3",
                  "--json", str(results), "--device", "cpu"]) == 0

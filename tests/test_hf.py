@@ -10,7 +10,7 @@ import gqsa
 from gqsa import hf
 from gqsa.compression import compress
 from gqsa.config import GQSAConfig
-from gqsa.format_v2 import TENSOR_NAMES_V2
+from gqsa.format_v2 import TENSOR_NAMES_V3, decode_rows, from_stored
 from gqsa.layer import roundtrip_model
 
 
@@ -27,9 +27,9 @@ def test_save_then_load_both_ways_gives_identical_logits(family, tmp_path):
     ids = calib_ids(2, 24, seed=5)
     out = gqsa.save_compressed(model, tmp_path / "m")
     qc = json.loads((out / "config.json").read_text())["quantization_config"]
-    assert qc["quant_method"] == "gqsa" and qc["format_version"] == 2 and qc["bits"] == 4
+    assert qc["quant_method"] == "gqsa" and qc["format_version"] == 3 and qc["bits"] == 4
     assert list(out.glob("*.safetensors")) and not list(out.glob("*.bin"))
-    roundtrip_model(model)  # what version 2 does to the layers: the scales on its grid
+    roundtrip_model(model)  # what the stored format does to the layers: the scales on its grids
     with torch.no_grad():
         expected = model(ids).logits
     ours = gqsa.load(out)
@@ -39,16 +39,16 @@ def test_save_then_load_both_ways_gives_identical_logits(family, tmp_path):
         assert torch.equal(theirs(ids).logits, expected)
 
 
-def test_v2_folder_stores_the_lean_tensors_and_resaves_unchanged(tmp_path):
+def test_folder_stores_the_lean_tensors_and_resaves_unchanged(tmp_path):
     model, _ = _compressed("llama")
     out = gqsa.save_compressed(model, tmp_path / "m")
     stored = load_file(next(out.glob("*.safetensors")))
     name = "model.layers.0.mlp.down_proj"
-    assert {k.rsplit(".", 1)[1] for k in stored if k.startswith(name + ".")} == set(TENSOR_NAMES_V2)
+    assert {k.rsplit(".", 1)[1] for k in stored if k.startswith(name + ".")} == set(TENSOR_NAMES_V3)
     assert gqsa.load(out).config.quantization_config["format_version"] == 1  # in memory: version 1 tensors
-    again = gqsa.save_compressed(gqsa.load(out), tmp_path / "again")  # a second trip through v2 changes nothing
+    again = gqsa.save_compressed(gqsa.load(out), tmp_path / "again")  # a second trip through v3 changes nothing
     theirs = AutoModelForCausalLM.from_pretrained(out)
-    theirs.save_pretrained(tmp_path / "theirs")  # transformers' own save: version 2 through the quantizer
+    theirs.save_pretrained(tmp_path / "theirs")  # transformers' own save: version 3 through the quantizer
     for folder in (again, tmp_path / "theirs"):
         other = load_file(next(folder.glob("*.safetensors")))
         assert all(torch.equal(stored[k], other[k]) for k in stored if k.startswith(name))
@@ -65,6 +65,38 @@ def test_version_1_folders_still_load(tmp_path):
     with torch.no_grad():
         assert torch.equal(gqsa.load(tmp_path / "v1", verify=False)(ids).logits, expected)
         assert torch.equal(AutoModelForCausalLM.from_pretrained(tmp_path / "v1")(ids).logits, expected)
+
+
+def test_version_2_folders_still_load(tmp_path):
+    """A folder of format version 2 (an fp16 ``row_scale`` per row instead of ``layer_scale`` and
+    ``row_code``) loads both ways, each layer decoded from its own row factors."""
+    from safetensors.torch import save_file
+    model, _ = _compressed("llama")
+    out = gqsa.save_compressed(model, tmp_path / "m")
+    (file,) = out.glob("*.safetensors")
+    state = load_file(file)
+    for key in [k for k in state if k.endswith(".layer_scale")]:
+        prefix = key[: -len("layer_scale")]
+        f = decode_rows(state.pop(key), state.pop(prefix + "row_code"))
+        h = f.to(torch.float16)
+        state[prefix + "row_scale"] = torch.where(h.float() < f, torch.nextafter(h, torch.tensor(65504.0).half()), h)
+    save_file(state, file, metadata={"format": "pt"})
+    cfg = json.loads((out / "config.json").read_text())
+    cfg["quantization_config"]["format_version"] = 2
+    (out / "config.json").write_text(json.dumps(cfg))
+    ours, theirs = gqsa.load(out, verify=False), AutoModelForCausalLM.from_pretrained(out)
+    name = "model.layers.1.self_attn.o_proj"
+    layer = model.get_submodule(name)
+    expect = from_stored({t: state[f"{name}.{t}"] for t in ("codes", "mask", "row_scale", "scale_codes", "zeros")},
+                         layer.out_features, layer.in_features, layer.group_size, layer.bits, version=2)
+    assert torch.equal(ours.get_submodule(name).scales, expect.scales)
+    ids = calib_ids(2, 24, seed=5)
+    roundtrip_model(model)  # the version-3 layers the folder was written from
+    with torch.no_grad():
+        got, v3 = ours(ids).logits, model(ids).logits
+        assert torch.equal(got, theirs(ids).logits)
+    # the fp16 row factors lie at most 2^-10 above the version-3 ones: scales within 0.1 %
+    assert ((got - v3).norm() / v3.norm()).item() <= 5e-3
 
 
 def test_interrupted_save_leaves_nothing_loadable(tmp_path, monkeypatch):

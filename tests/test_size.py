@@ -76,10 +76,10 @@ def test_packed_layer_counts_every_stored_tensor():
     for name in ("codes", "col_idx", "row_ptr", "scales", "zeros"):
         getattr(layer, name).copy_(getattr(p, name))
     parts = packed_layer_bits(layer)
-    # as a folder stores it (format v2): 4 groups x 16 codes x 4 bits; the mask's 8 group bits
-    # (one byte); an fp16 factor per row; an 8-bit scale code per group; 4-bit zeros, padded
-    # to 8 groups (4 bytes)
-    assert parts == {"codes": 256, "mask": 8, "row_scale": 64, "scale_codes": 32, "zeros": 32}
+    # as a folder stores it (format v3): 4 groups x 16 codes x 4 bits; the mask's 8 group bits
+    # (one byte); an fp32 factor for the layer; an 8-bit code per row; an 8-bit scale code per
+    # group; 4-bit zeros, padded to 8 groups (4 bytes)
+    assert parts == {"codes": 256, "mask": 8, "layer_scale": 32, "row_code": 32, "scale_codes": 32, "zeros": 32}
     model = nn.Module()
     model.layers = nn.ModuleList([Block(layer, nn.Linear(32, 4, bias=False))])
     s = model_stats(model)

@@ -47,7 +47,7 @@ PACKED = dict(codes_ptr="*u8", col_ptr="*i16", scale_ptr="*fp16", zero_ptr="*u8"
               prog_rows_ptr="*i32")
 
 
-PACKED_V2 = dict(col_ptr="*u8", scode_ptr="*u8", row_scale_ptr="*fp16")  # format v2's plan and metadata
+PACKED_V2 = dict(col_ptr="*u8", scode_ptr="*u8", row_factor_ptr="*fp32")  # the lean format's plan and metadata
 
 
 def pointer_types(dtype: str) -> dict:

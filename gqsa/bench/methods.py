@@ -167,12 +167,15 @@ def bench_gqsa(n: int, k: int, s: float, pattern: str, xs: dict, seed: int, deta
 def bench_v2(p: PackedGQS, xs: dict, name: str, v1_floor_us: float) -> list[dict]:
     """The v2 decode kernel (:mod:`gqsa.kernels.gemv_v2`, not yet in the dispatch path) on the same
     layer as ``p`` converted to format v2, batches up to 16: records ``{name}_v2`` with the bytes it
-    reads (the v2 tensors and its plan's row pointers and columns) and their read floor."""
+    reads (the lean tensors and its plan's row pointers, columns and row factors) and their read floor."""
     from gqsa.format_v2 import from_v1
     from gqsa.kernels.gemv_v2 import build_plan_v2, gqs_gemv_v2
     p2 = from_v1(p)[0]
     plan = build_plan_v2(p2)
-    nbytes = p2.nbytes() + plan.col.numel() * plan.col.element_size() + plan.row_ptr.numel() * 4
+    # what the kernel reads: the stored tensors but the row codes and the layer factor, which the plan
+    # decodes into float32 row factors, plus the plan's columns and row pointers
+    nbytes = (p2.nbytes() - p2.row_code.numel() - 4 + 4 * plan.row_factor.numel()
+              + plan.col.numel() * plan.col.element_size() + plan.row_ptr.numel() * 4)
     copies = [(p2, plan)] + [(q, build_plan_v2(q)) for q in (_clone_v2(p2) for _ in range(copies_for(nbytes) - 1))]
     floor_us = read_floor_us(nbytes)[0]
     recs = []
@@ -194,5 +197,5 @@ def bench_v2(p: PackedGQS, xs: dict, name: str, v1_floor_us: float) -> list[dict
 def _clone_v2(p):
     from dataclasses import replace
 
-    from gqsa.format_v2 import TENSOR_NAMES_V2
-    return replace(p, **{t: getattr(p, t).clone() for t in TENSOR_NAMES_V2})
+    from gqsa.format_v2 import TENSOR_NAMES_V3
+    return replace(p, **{t: getattr(p, t).clone() for t in TENSOR_NAMES_V3})

@@ -1,4 +1,4 @@
-"""Decode kernel over format v2: ``y = x W^T + b`` reading the compact metadata of :mod:`gqsa.format_v2`.
+"""Decode kernel over the lean format: ``y = x W^T + b`` reading the compact metadata of :mod:`gqsa.format_v2`.
 
 A standalone path for benchmarking (not wired into the layer, the custom op or the dispatcher).
 It keeps the tile of :mod:`gqsa.kernels.gemv` (rows schedule: a program takes ``BLOCK_R`` rows
@@ -16,11 +16,12 @@ zero point      zeros [ceil(nnz/8)*bits]     bits [i*b, i*b+b) of the little-end
                 uint8                        3-bit zeros may straddle two bytes (two loads)
 ==============  ===========================  ==============================================
 
-The row's fp16 ``row_scale`` multiplies its float32 sum once, after the lanes are reduced, then
-the bias is added and the row is stored in x's dtype. Bytes read per kept group (codes + column
+The row's factor (float32, decoded once at plan time from the stored 8-bit ``row_code`` and the
+layer's ``layer_scale``) multiplies its float32 sum once, after the lanes are reduced, then the
+bias is added and the row is stored in x's dtype. Bytes read per kept group (codes + column
 + scale + zero): W4 G16 v1 8 + 2 + 2 + 1 = 13 B, v2 8 + 1 + 1 + 0.5 = 10.5 B; W3 G16 v1
 6 + 2 + 2 + 1 = 11 B, v2 6 + 1 + 1 + 0.375 = 8.375 B (uint8 columns, K/G <= 256), plus per row
-the two row pointers (as v1) and 2 B of row scale.
+the two row pointers (as v1) and 4 B of row factor.
 
 Shapes and dtypes: x [B, K] fp16/bf16/fp32 (B <= 16 per launch; the wrapper loops over chunks of
 16), bias [N] or none, y [B, N] in x's dtype; accumulation is float32.
@@ -60,18 +61,22 @@ class PlanV2:
 
     ``row_ptr`` [N+1] int32: kept groups of row r are ``row_ptr[r]:row_ptr[r+1]`` (popcount prefix
     sums of the mask); ``col`` [nnz] uint8 when K/G <= 256, else int16: column-group index of each
-    kept group in CSR order. ``max_row_len`` / ``row_len`` as in :class:`gqsa.kernels.plan.KernelPlan`.
-    The uint8 column is what saves 1 B per kept group over v1's int16 ``col_idx``.
+    kept group in CSR order. ``row_factor`` [N] float32: each row's decoded factor
+    (:meth:`gqsa.format_v2.PackedGQSv2.row_factors`). ``max_row_len`` / ``row_len`` as in
+    :class:`gqsa.kernels.plan.KernelPlan`. The uint8 column is what saves 1 B per kept group over
+    v1's int16 ``col_idx``.
     """
 
     row_ptr: torch.Tensor
     col: torch.Tensor
+    row_factor: torch.Tensor
     max_row_len: int = 0
     row_len: int = 0
 
 
 def build_plan_v2(p: PackedGQSv2) -> PlanV2:
-    """Row pointers and column indices of a v2 layer from its mask, on the mask's device."""
+    """Row pointers, column indices and row factors of a lean layer from its mask and row codes,
+    on the mask's device."""
     n, ng = p.out_features, p.in_features // p.group_size
     if ng > INT16_MAX_GROUPS:
         raise ValueError(f"{ng} groups per row; the int16 column index holds at most {INT16_MAX_GROUPS}")
@@ -83,7 +88,7 @@ def build_plan_v2(p: PackedGQSv2) -> PlanV2:
     col_dtype = torch.uint8 if ng <= UINT8_MAX_GROUPS else torch.int16
     col = torch.arange(ng, device=keep.device).expand(n, ng)[keep].to(col_dtype)
     max_len, row_len = row_lengths(row_ptr)
-    return PlanV2(row_ptr, col, max_len, row_len)
+    return PlanV2(row_ptr, col, p.row_factors(), max_len, row_len)
 
 
 @triton.jit
@@ -118,7 +123,7 @@ def _step_v2(acc, t, seg_lo, seg_hi, lg, x_ptr, stride_xb, B, codes_ptr, col_ptr
 
 
 @triton.jit
-def _gemv_v2_rows_kernel(x_ptr, stride_xb, B, codes_ptr, col_ptr, scode_ptr, zero_ptr, row_ptr_ptr, row_scale_ptr,
+def _gemv_v2_rows_kernel(x_ptr, stride_xb, B, codes_ptr, col_ptr, scode_ptr, zero_ptr, row_ptr_ptr, row_factor_ptr,
                          bias_ptr, y_ptr, stride_yb, N,
                          HAS_BIAS: tl.constexpr, G: tl.constexpr, R: tl.constexpr, SG: tl.constexpr,
                          BITS: tl.constexpr, BPG: tl.constexpr, UNIT_BITS: tl.constexpr, W: tl.constexpr,
@@ -152,8 +157,8 @@ def _gemv_v2_rows_kernel(x_ptr, stride_xb, B, codes_ptr, col_ptr, scode_ptr, zer
                            TOP)
     part = tl.sum(tl.reshape(acc, [BLOCK_B, BLOCK_R, BLOCK_G]), axis=2)
     rows = r0 + tl.arange(0, BLOCK_R)
-    row_scale = tl.load(row_scale_ptr + rows, mask=rows < N, other=0.0).to(tl.float32)
-    _finish_rows(part * row_scale[None, :], rows, N, B, y_ptr, stride_yb, bias_ptr, HAS_BIAS, BLOCK_B)
+    row_factor = tl.load(row_factor_ptr + rows, mask=rows < N, other=0.0)
+    _finish_rows(part * row_factor[None, :], rows, N, B, y_ptr, stride_yb, bias_ptr, HAS_BIAS, BLOCK_B)
 
 
 def gqs_gemv_v2(x: torch.Tensor, p: PackedGQSv2, bias: torch.Tensor | None = None, plan: PlanV2 | None = None,
@@ -172,7 +177,8 @@ def gqs_gemv_v2(x: torch.Tensor, p: PackedGQSv2, bias: torch.Tensor | None = Non
     """
     _check(x, p)
     plan = build_plan_v2(p) if plan is None else plan
-    if plan.row_ptr.numel() != p.out_features + 1 or plan.col.numel() != p.nnz:
+    if (plan.row_ptr.numel() != p.out_features + 1 or plan.col.numel() != p.nnz
+            or plan.row_factor.numel() != p.out_features):
         raise ValueError(f"plan has {plan.row_ptr.numel() - 1} rows and {plan.col.numel()} kept groups, the layer "
                          f"{p.out_features} and {p.nnz}; build it with build_plan_v2(p)")
     x = x.contiguous()
@@ -189,7 +195,7 @@ def _launch(x: torch.Tensor, y: torch.Tensor, p: PackedGQSv2, bias: torch.Tensor
     lay = decode_layout(p.group_size, p.bits)
     cfg = config or default_config(p.group_size, block_b, nnz / max(1, n), plan.row_len > 0, n)
     _gemv_v2_rows_kernel[(triton.cdiv(n, cfg.block_r),)](
-        x, x.stride(0), b, p.codes, plan.col, p.scale_codes, p.zeros, plan.row_ptr, p.row_scale,
+        x, x.stride(0), b, p.codes, plan.col, p.scale_codes, p.zeros, plan.row_ptr, plan.row_factor,
         bias if bias is not None else y, y, y.stride(0), n,
         HAS_BIAS=bias is not None, BLOCK_B=block_b, BLOCK_R=cfg.block_r, BLOCK_G=cfg.block_g, WHILE=INTERPRET,
         STEPS=static_steps(plan, nnz, n, cfg.block_g, lay["R"]), ROW_LEN=plan.row_len,

@@ -8,8 +8,8 @@ K = 4096
 @pytest.mark.parametrize("cfg, expected", [
     (BaselineConfig("rtn", bits=4, group_size=128), 4 + 20 / 128),
     (BaselineConfig("gptq", bits=2, group_size=64), 2 + 18 / 64),
-    (BaselineConfig("gptq", bits=2, group_size=64, scale_format="log8"), 2 + 10 / 64 + 16 / K),
-    (BaselineConfig("rtn", bits=3, group_size=128, scale_format="log8"), 3 + 11 / 128 + 16 / K),
+    (BaselineConfig("gptq", bits=2, group_size=64, scale_format="log8"), 2 + 10 / 64 + 8 / K + 32 / K**2),
+    (BaselineConfig("rtn", bits=3, group_size=128, scale_format="log8"), 3 + 11 / 128 + 8 / K + 32 / K**2),
     (BaselineConfig("sparsegpt", pattern="2:4", bits=16), 0.5 * 16 + 0.5 * 2),
     (BaselineConfig("sparsegpt", pattern="2:4", bits=4, group_size=128), 0.5 * 4 + 0.5 * 2 + 20 / 128),
     (BaselineConfig("wanda", pattern="unstructured", sparsity=0.5), 1 + 8),

@@ -16,7 +16,7 @@ import torch
 triton = pytest.importorskip("triton")
 
 from gqsa.format import PackedGQS, pack_codes, pack_layer, unpack_codes  # noqa: E402
-from gqsa.format_v2 import TENSOR_NAMES_V2, PackedGQSv2, decode_scales, from_v1, to_v1, unpack_mask  # noqa: E402
+from gqsa.format_v2 import TENSOR_NAMES_V3, PackedGQSv2, decode_scales, from_v1, to_v1, unpack_mask  # noqa: E402
 from gqsa.kernels.gemv import GemvConfig, decode_layout, static_steps  # noqa: E402
 from gqsa.kernels.gemv_v2 import build_plan_v2, gqs_gemv_v2  # noqa: E402
 from tests.kernels.cases import CASES, DEVICE, NEEDS_BACKEND, TOL, check, poisoned, random_layer  # noqa: E402
@@ -33,7 +33,7 @@ def dense_v2(p: PackedGQSv2) -> torch.Tensor:
     rows = torch.arange(n, device=keep.device).unsqueeze(1).expand(n, ng)[keep]
     q = unpack_codes(p.codes, p.bits, g).float()
     z = unpack_codes(p.zeros.reshape(1, -1), p.bits, p.zeros.numel() * 8 // p.bits).reshape(-1)[:p.nnz].float()
-    s = decode_scales(p.row_scale, p.scale_codes, rows, torch.float32)
+    s = decode_scales(p.row_factors(), p.scale_codes, rows, torch.float32)
     w = torch.zeros(n, ng, g, device=keep.device)
     w[keep] = (q - z[:, None]) * s[:, None]
     return w.reshape(n, p.in_features)
@@ -50,7 +50,7 @@ def check_both(y: torch.Tensor, x: torch.Tensor, p2: PackedGQSv2, bias: torch.Te
 def on_device(p1: PackedGQS) -> PackedGQSv2:
     """The v2 re-encoding of a v1 layer, its tensors on DEVICE."""
     p2, _ = from_v1(p1)
-    return PackedGQSv2(*(getattr(p2, t).to(DEVICE) for t in TENSOR_NAMES_V2), p2.out_features, p2.in_features,
+    return PackedGQSv2(*(getattr(p2, t).to(DEVICE) for t in TENSOR_NAMES_V3), p2.out_features, p2.in_features,
                        p2.group_size, p2.bits)
 
 
@@ -158,4 +158,5 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="build_plan_v2"):
         gqs_gemv_v2(x, p2, plan=build_plan_v2(v2_layer(8, 3, 16, 4, gen)))
     with pytest.raises(ValueError, match="kept groups"):
-        build_plan_v2(PackedGQSv2(p2.codes[1:], p2.mask, p2.row_scale, p2.scale_codes[1:], p2.zeros, 8, 32, 16, 4))
+        build_plan_v2(PackedGQSv2(p2.codes[1:], p2.mask, p2.layer_scale, p2.row_code, p2.scale_codes[1:], p2.zeros,
+                                  8, 32, 16, 4))
