@@ -45,7 +45,7 @@ from gqsa.data import (
 )
 from gqsa.eval.perplexity import perplexity
 from gqsa.eval.zeroshot import evaluate_mc, load_mc_tasks
-from gqsa.format import dequantize
+from gqsa.format import FORMAT_VERSION, dequantize
 from gqsa.layer import GQSLinear, roundtrip_model
 from gqsa.models import set_submodule
 
@@ -71,8 +71,9 @@ RUNS: list[tuple[str, str, str, dict[str, Any]]] = [
 ]
 # --gpu runs this plan instead (docs/results/gpu/): the baselines at their best settings and gqsa
 # with each lever of the accuracy issue switched on and off on the same data, most telling first.
-# gqsa's bits are format v2's (gqsa.format_v2, every tensor counted) and its scores are measured
-# after the v2 round trip of the solved layers; v1's bits and perplexity are logged beside them.
+# gqsa's bits are the stored format's (version 3 since 2026-12-02 evening, gqsa.format_v2, every tensor counted)
+# and its scores are measured after the round trip of the solved layers through it; v1's bits and perplexity are
+# logged beside them. Runs logged before version 3 are converted to its accounting (upgrade_accounting).
 _STAGES = dict(bqpo=BQPOConfig(), e2e=E2EConfig())
 _W4 = dict(bits=4, group_size=16)
 _ACT = dict(act_order=True)  # with the original grids (setdefault below)
@@ -303,13 +304,13 @@ def do_run(name: str, label: str, method: str, kw: dict[str, Any], data: dict[st
         calib = None if method == "rtn" else calibration(data, tokenizer, args, seed)
         report = compress_method(model, method, calib=calib, progress=False, device=args.device, **kw)
         errs = [s["rel_output_error"] for s in report.layers if "rel_output_error" in s]
-        log.update(settings=report.settings(), bits_per_weight=report.bits_per_weight,
+        log.update(settings=report.settings(), bits_per_weight=report.bits_per_weight, format_version=FORMAT_VERSION,
                    mean_rel_output_error=sum(errs) / len(errs) if errs else None)
         if method == "gqsa":
             log["layer_sparsity"] = model.config.quantization_config.get("layer_sparsity")
         if method == "gqsa" and args.gpu:
-            log.update(v1_v2_accounting(model, data, args))
-            log["bits_per_weight"] = log["format_v2"]["v2_bits_per_weight"]
+            log.update(stored_accounting(model, data, args))
+            log["bits_per_weight"] = log["format_stored"]["stored_bits_per_weight"]
         densify(model)
     model.to(args.device)
     seconds = {"compress": time.perf_counter() - t0}
@@ -336,9 +337,9 @@ def calibration(data: dict[str, Any], tokenizer, args: argparse.Namespace, seed:
     return data[key]
 
 
-def v1_v2_accounting(model: nn.Module, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
-    """Perplexity of the solved model as stored in v1, then every layer through format v2 in place
-    (:func:`gqsa.format_v2.roundtrip_model`): both sizes and the v1 perplexity, for the log."""
+def stored_accounting(model: nn.Module, data: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
+    """Perplexity of the solved model as stored in v1, then every layer through the stored format
+    in place (:func:`gqsa.layer.roundtrip_model`): both sizes and the v1 perplexity, for the log."""
     v1 = copy.deepcopy(model)
     densify(v1)
     v1.to(args.device)
@@ -346,7 +347,44 @@ def v1_v2_accounting(model: nn.Module, data: dict[str, Any], args: argparse.Name
               for t, s in data["streams"].items()}
     del v1
     sizes = roundtrip_model(model)
-    return {"format_v2": sizes, "bits_per_weight_v1": sizes["v1_bits_per_weight"], "ppl_v1": ppl_v1}
+    return {"format_stored": sizes, "bits_per_weight_v1": sizes["v1_bits_per_weight"], "ppl_v1": ppl_v1}
+
+
+def upgrade_accounting(out: Path) -> int:
+    """Rewrite the bits of the run logs in ``out`` written before format version 3 in its
+    accounting; returns how many changed. gqsa's runs and the baselines with ``scale_format``
+    log8 stored an fp16 factor per row (version 2): version 3 stores an 8-bit row code and an
+    fp32 factor per layer, 8 bits less a row and 32 more a layer, over SmolLM2's 210 block
+    linears (none skipped in any run). The old figure is kept as ``bits_per_weight_v2``; the
+    scores stay those measured with version 2's row factors (the conversion is near-lossless: the
+    group codes are relative to the row factor; the same setting rerun on version 3 shows it)."""
+    changed = 0
+    for path in sorted(out.glob("*/run.json")):
+        run = json.loads(path.read_text())
+        lean = run["method"] == "gqsa" or run.get("settings", {}).get("scale_format") == "log8"
+        if "format_version" in run or not lean:
+            continue
+        rows, layers, weights = _block_linear_counts()
+        run["bits_per_weight_v2"] = run["bits_per_weight"]
+        run["bits_per_weight"] -= (8 * rows - 32 * layers) / weights
+        run["format_version"] = 3
+        run["accounting_note"] = ("bits converted from format version 2 (fp16 row factors) to version 3 "
+                                  "(8-bit row codes, fp32 layer factor); scores measured on version 2")
+        write_json(path, run)
+        changed += 1
+    return changed
+
+
+def _block_linear_counts() -> tuple[int, int, int]:
+    """(rows, layers, weights) of SmolLM2's decoder-block linears, from its config."""
+    from transformers import AutoConfig
+    c = AutoConfig.from_pretrained(smollm2_path())
+    kv = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
+    shapes = [(c.hidden_size, c.hidden_size), (kv, c.hidden_size), (kv, c.hidden_size), (c.hidden_size, c.hidden_size),
+              (c.intermediate_size, c.hidden_size), (c.intermediate_size, c.hidden_size),
+              (c.hidden_size, c.intermediate_size)]
+    n = c.num_hidden_layers
+    return n * sum(o for o, _ in shapes), n * len(shapes), n * sum(o * i for o, i in shapes)
 
 
 def provenance(args: argparse.Namespace, seed: int = 0) -> dict[str, Any]:
@@ -431,6 +469,8 @@ def main(argv: list[str] | None = None) -> None:
         print(f"{name}: {time.perf_counter() - t0:.0f} s, bits {log['bits_per_weight']:.2f}, ppl {log['ppl']}, "
               f"acc { {t: round(a['acc_norm'], 3) for t, a in log['accuracy'].items()} }", flush=True)
     done = [args.out / n for n in (GPU_TABLE_ORDER if args.gpu else TABLE_ORDER) if (args.out / n / "run.json").exists()]
+    if args.gpu and done:
+        print(f"{upgrade_accounting(args.out)} run logs converted to format version 3's accounting", flush=True)
     if done:
         if not args.gpu:  # the GPU plan's gqsa rows are format v2, which no decode benchmark has measured yet
             attach_decode(args.out, args.decode_json)
