@@ -1,4 +1,4 @@
-"""Perplexity, time and peak memory of each GQSA stage on SmolLM2-135M-Instruct (CPU).
+"""Perplexity, time and peak memory of each GQSA stage on SmolLM2-135M-Instruct (CPU or GPU, any dtype).
 
 Stages, for each sparsity: the dense reference ("FP16": the float16 folder, computed in
 float32), one-shot compression, one-shot + BQPO (block-wise, full-precision targets), and
@@ -7,9 +7,13 @@ fresh copy of the dense model, except E2E, which continues the BQPO model. Write
 ``docs/results/stages-<tag>.json`` and a markdown table ``docs/stages.md``.
 
     python scripts/stages.py --sparsity 0.5 --tag w4s50g16
+    python scripts/stages.py --device cuda --dtype float16 --nsamples 128 --seqlen 2048 ...  # on a GPU
 
-Peak memory is the process's resident set size (sampled every 20 ms) during the stage;
-it includes the model and everything else the process holds.
+The model is loaded in ``--dtype`` (the CLI's default on a GPU is float16) and every stage runs
+with the library's own defaults for whatever option is not given (BQPO and E2E-OQP in mixed
+precision on CUDA). Peak memory is the process's resident set size (sampled every 20 ms) during
+the stage, which includes the model and everything else the process holds; on CUDA also the
+peak GPU memory allocated.
 """
 
 from __future__ import annotations
@@ -68,17 +72,25 @@ class PeakRSS:
 
 
 def run_stage(name: str, fn, results: dict) -> object:
-    """Run ``fn()`` and record its time and peak RSS under ``results[name]``."""
+    """Run ``fn()`` and record its time and peak RSS (and peak GPU memory on CUDA) under ``results[name]``."""
     print(f"== {name}", flush=True)
+    cuda = torch.cuda.is_available()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
     t0 = time.perf_counter()
     with PeakRSS() as mem:
         out = fn()
+    if cuda:
+        torch.cuda.synchronize()
     results[name] = {"seconds": time.perf_counter() - t0, "peak_rss_bytes": mem.peak}
+    if cuda:
+        results[name]["peak_gpu_bytes"] = torch.cuda.max_memory_allocated()
     return out
 
 
 def evaluate(model, tokens, a, results: dict, name: str) -> None:
-    ppl = perplexity(model, tokens, seqlen=a.eval_seqlen, max_windows=a.eval_windows, progress=False)
+    ppl = perplexity(model, tokens, seqlen=a.eval_seqlen, max_windows=a.eval_windows, device=a.device,
+                     progress=False)
     results[name]["ppl"] = ppl["ppl"]
     results[name]["eval"] = ppl
     print(f"   {name}: ppl {ppl['ppl']:.3f} ({ppl['seconds']:.0f} s eval)", flush=True)
@@ -94,19 +106,22 @@ def sparsity_stages(dense, calib, train, tokens, a, sparsity: float, results: di
     tag = f"S{round(sparsity * 100)}"
 
     model = copy.deepcopy(dense)
-    rep = run_stage(f"{tag} one-shot", lambda: compress(model, config, calib, batch_size=8, progress=False), results)
+    rep = run_stage(f"{tag} one-shot", lambda: compress(model, config, calib, batch_size=8, progress=False,
+                                                        device=a.device), results)
     results[f"{tag} one-shot"]["report_seconds"] = rep.seconds
     evaluate(model, tokens, a, results, f"{tag} one-shot")
     del model
 
     model = copy.deepcopy(dense)
     with_bqpo = dataclasses.replace(config, bqpo=bqpo)
-    rep = run_stage(f"{tag} +BQPO", lambda: compress(model, with_bqpo, calib, batch_size=8, progress=False), results)
+    rep = run_stage(f"{tag} +BQPO", lambda: compress(model, with_bqpo, calib, batch_size=8, progress=False,
+                                                     device=a.device), results)
     results[f"{tag} +BQPO"]["bqpo"] = rep.stages["bqpo"]
     evaluate(model, tokens, a, results, f"{tag} +BQPO")
 
     # E2E-OQP on the model BQPO left (the verb would run one-shot and BQPO again first).
-    log = run_stage(f"{tag} +BQPO+E2E", lambda: train_scales(model, train, e2e, progress=False), results)
+    log = run_stage(f"{tag} +BQPO+E2E", lambda: train_scales(model, train, e2e, device=a.device, progress=False),
+                    results)
     results[f"{tag} +BQPO+E2E"]["e2e"] = log
     evaluate(model, tokens, a, results, f"{tag} +BQPO+E2E")
 
@@ -141,23 +156,42 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seqlen", type=int, default=256)
     p.add_argument("--eval-windows", type=int, default=20)
     p.add_argument("--eval-seqlen", type=int, default=1024)
-    p.add_argument("--bqpo-epochs", type=int, default=1)
-    p.add_argument("--bqpo-batch", type=int, default=2)
-    p.add_argument("--bqpo-lr-weight", type=float, default=1e-5)
-    p.add_argument("--bqpo-lr-scale", type=float, default=1e-4)
-    p.add_argument("--bqpo-lr-zero", type=float, default=1e-4)
-    p.add_argument("--e2e-epochs", type=int, default=1)
+    p.add_argument("--bqpo-epochs", type=int, default=None)
+    p.add_argument("--bqpo-batch", type=int, default=None)
+    p.add_argument("--bqpo-lr-weight", type=float, default=None)
+    p.add_argument("--bqpo-lr-scale", type=float, default=None)
+    p.add_argument("--bqpo-lr-zero", type=float, default=None)
+    p.add_argument("--e2e-epochs", type=int, default=None)
     p.add_argument("--e2e-windows", type=int, default=32)
-    p.add_argument("--e2e-batch", type=int, default=2)
-    p.add_argument("--e2e-accum", type=int, default=1)
-    p.add_argument("--e2e-lr", type=float, default=2e-5)
+    p.add_argument("--e2e-batch", type=int, default=None)
+    p.add_argument("--e2e-accum", type=int, default=None)
+    p.add_argument("--e2e-lr", type=float, default=None)
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--device", default="cpu", help="where the model lives and every stage runs (cuda on a GPU)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "float16", "bfloat16"],
+                   help="the dense model's dtype (the CLI's default on a GPU is float16)")
     p.add_argument("--layers", type=int, default=None, help="keep only the first N blocks (smoke tests)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--tag", default="w4s50g16")
     p.add_argument("--results", default="docs/results")
     p.add_argument("--md", default="docs/stages.md")
-    return p.parse_args(argv)
+    return library_defaults(p.parse_args(argv))
+
+
+# stage options left out take the library's defaults (BQPOConfig, E2EConfig)
+STAGE_OPTIONS = {"bqpo_epochs": (BQPOConfig, "epochs"), "bqpo_batch": (BQPOConfig, "batch_size"),
+                 "bqpo_lr_weight": (BQPOConfig, "lr_weight"), "bqpo_lr_scale": (BQPOConfig, "lr_scale"),
+                 "bqpo_lr_zero": (BQPOConfig, "lr_zero"), "e2e_epochs": (E2EConfig, "epochs"),
+                 "e2e_lr": (E2EConfig, "lr"), "e2e_batch": (E2EConfig, "batch_size"),
+                 "e2e_accum": (E2EConfig, "grad_accum")}
+
+
+def library_defaults(a: argparse.Namespace) -> argparse.Namespace:
+    """Fill each stage option not given with the library's default for it."""
+    for opt, (cls, field) in STAGE_OPTIONS.items():
+        if getattr(a, opt) is None:
+            setattr(a, opt, getattr(cls(), field))
+    return a
 
 
 def main(argv=None) -> None:
@@ -166,7 +200,7 @@ def main(argv=None) -> None:
     torch.manual_seed(a.seed)
     path = smollm2_path()
     tokenizer = AutoTokenizer.from_pretrained(path)
-    dense = AutoModelForCausalLM.from_pretrained(path, dtype=torch.float32).eval()
+    dense = AutoModelForCausalLM.from_pretrained(path, dtype=getattr(torch, a.dtype)).to(a.device).eval()
     if a.layers is not None:
         dense.model.layers = dense.model.layers[:a.layers]
         dense.config.num_hidden_layers = a.layers
@@ -179,7 +213,9 @@ def main(argv=None) -> None:
     train = calibration_windows(tokenizer, texts, a.e2e_windows, a.seqlen, a.seed + 1)
     for sparsity in a.sparsity or [0.5]:
         sparsity_stages(dense, calib, train, tokens, a, sparsity, stages)
-    out = {"device": f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} thread(s)",
+    where = (torch.cuda.get_device_name() if a.device.startswith("cuda") else
+             f"CPU ({platform.processor() or platform.machine()}), {torch.get_num_threads()} thread(s)")
+    out = {"device": f"{where}, model in {a.dtype}",
            "date": datetime.date.today().isoformat(), "command": "python " + " ".join(sys.argv),
            "torch": torch.__version__, "args": vars(a), "stages": stages}
     Path(a.results).mkdir(parents=True, exist_ok=True)
