@@ -82,10 +82,15 @@ GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     ("fp16", "FP16 (dequantized Q4_1)", "fp16", {}),
     # added in the fifth GPU session (2026-12-02 11:30): the 4.2-bit lead (W4 G64 at 4.17 bits + stages 24.3 / 29.7
     # against GPTQ W4 g128's 25.9 / 31.9) is within 10 %, so both rows on calibration seed 1
+    # (the seed-0 row's budget was 4.17 bits in format v2's accounting, 4.158 in v3's: the twin keeps its size)
     ("gqsa-w4-g64-b4.17-actc-owl-stages-seed1",
      "GQSA W4 G64 at 4.17 bits act-order (compensated grids) + OWL + BQPO + E2E-OQP (calibration seed 1)", "gqsa",
-     dict(bits=4, group_size=64, bits_per_weight=4.17, allocation="owl", **_ACTC, **_STAGES, calib_seed=1)),
+     dict(bits=4, group_size=64, bits_per_weight=4.158, allocation="owl", **_ACTC, **_STAGES, calib_seed=1)),
     ("gptq-w4-g128-seed1", "GPTQ W4 g128 (calibration seed 1)", "gptq", dict(bits=4, group_size=128, calib_seed=1)),
+    # added in the sixth session (format version 3): the W4 S50 G16 row of the 2.45-bit target stored in v3, the
+    # same solve as gqsa-w4-s50-actc-owl (seed 0), so the two differ only in the stored row factors
+    ("gqsa-w4-s50-actc-owl-v3", "GQSA W4 G16 S50% act-order (compensated grids) + OWL, format v3", "gqsa",
+     dict(bits=4, group_size=16, sparsity=0.5, allocation="owl", **_ACTC)),
     # added after the fourth GPU session: the issue's 4.2-bit comparison, not yet run for gqsa (GPTQ W4 g128:
     # 25.9 / 31.9 at 4.17 bits), at GPTQ's size with a budget and without pruning
     ("gqsa-w4-g64-b4.17-actc-owl-stages",
