@@ -8,7 +8,8 @@
 # NSAMPLES (default 64) calibration windows of 2,048 tokens; E2E-OQP trains on as many windows of
 # the same length (its own seed); perplexity on 32 x 1,024 tokens of boolq. ARGS go to stages.py
 # (default: W4 S50 G16, the CLI's defaults). Writes $OUT/stages-<dtype>.json and .md and .log;
-# prints each table last. Give the device call a limit at least 60 s above SECONDS.
+# prints each table last. Give the device call a limit at least 60 s above SECONDS. DTYPES (default
+# "float16 bfloat16 float32") picks the dtypes.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 source scripts/gpu_assets.sh env
@@ -20,14 +21,15 @@ OUT=${OUT:-bench_out}
 mkdir -p "$OUT"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD:$PYTHONPATH"
 nvidia-smi -L; date -u
+DTYPES=${DTYPES:-float16 bfloat16 float32}
 pids=()
-for dt in float16 bfloat16 float32; do
+for dt in $DTYPES; do
     timeout "$SECONDS_MAX" python3 scripts/stages.py --device cuda --dtype "$dt" --nsamples "$NSAMPLES" \
         --seqlen 2048 --e2e-windows "$NSAMPLES" --eval-windows 32 --threads 2 --tag "h200-$dt" \
         --results "$OUT" --md "$OUT/stages-$dt.md" "$@" > "$OUT/stages-$dt.log" 2>&1 &
     pids+=($!)
 done
 wait "${pids[@]}"
-for dt in float16 bfloat16 float32; do
+for dt in $DTYPES; do
     echo "=== $dt"; grep -E "ppl|Traceback|Error" "$OUT/stages-$dt.log" | tail -8
 done

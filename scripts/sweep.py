@@ -91,6 +91,10 @@ GPU_PLAN: list[tuple[str, str, str, dict[str, Any]]] = [
     # same solve as gqsa-w4-s50-actc-owl (seed 0), so the two differ only in the stored row factors
     ("gqsa-w4-s50-actc-owl-v3", "GQSA W4 G16 S50% act-order (compensated grids) + OWL, format v3", "gqsa",
      dict(bits=4, group_size=16, sparsity=0.5, allocation="owl", **_ACTC)),
+    # the library's default pipeline at W4 S50 G16 (act-order with compensated grids, OWL) with both stages: the
+    # stages took 3,792 -> 537 for plain W4 S50 G16, and the defaults one-shot are 3,076 (owl alone: 2,593)
+    ("gqsa-w4-s50-actc-owl-stages", "GQSA W4 G16 S50% act-order (compensated grids) + OWL + BQPO + E2E-OQP", "gqsa",
+     dict(bits=4, group_size=16, sparsity=0.5, allocation="owl", **_ACTC, **_STAGES)),
     # added after the fourth GPU session: the 4.2-bit comparison, not yet run for gqsa (GPTQ W4 g128:
     # 25.9 / 31.9 at 4.17 bits), at GPTQ's size with a budget and without pruning
     ("gqsa-w4-g64-b4.17-actc-owl-stages",

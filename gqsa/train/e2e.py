@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import math
 import time
+import warnings
 from typing import Any, Callable
 
 import torch
@@ -151,10 +152,15 @@ def _loss(model: nn.Module, batch: torch.Tensor, config: E2EConfig, teacher: nn.
 def _run_epochs(model: nn.Module, windows: torch.Tensor, groups: list[dict], config: E2EConfig,
                 device: torch.device, progress: bool, amp_dtype: torch.dtype | None,
                 teacher: nn.Module | None = None) -> list[float]:
-    """The training loop; returns the loss of every optimizer step (mean over its windows).
+    """The training loop; returns the loss of every optimizer step (mean over its windows) and
+    the number of steps skipped for overflowing gradients.
 
     Under float16 autocast the loss is scaled (``torch.amp.GradScaler``) so that small
-    gradients of the scales do not underflow; a step whose gradients overflow is skipped.
+    gradients of the scales do not underflow. The scaler's first scale (2^16) overflows the
+    float16 gradients here, and each overflow skips a whole optimizer step: a short run (two
+    steps on 64 windows at the defaults) trained nothing (H200, 2026-12-02). So the scale is fit
+    on the first micro-batch first (:func:`fit_loss_scale`); a later overflow still skips its
+    step, and the count is returned.
     """
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
@@ -162,7 +168,7 @@ def _run_epochs(model: nn.Module, windows: torch.Tensor, groups: list[dict], con
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, math.ceil(total * config.warmup_ratio)))
     scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     gen = torch.Generator().manual_seed(config.seed)
-    step_losses = []
+    step_losses, skipped = [], 0
     with tqdm(total=total, desc="e2e-oqp", disable=not progress) as bar:
         for _ in range(config.epochs):
             perm, acc = torch.randperm(windows.shape[0], generator=gen), torch.zeros((), device=device)
@@ -170,23 +176,55 @@ def _run_epochs(model: nn.Module, windows: torch.Tensor, groups: list[dict], con
                 first = m - m % config.grad_accum
                 in_step = min(config.grad_accum, micro - first)  # forward passes in this step
                 batch = windows[perm[m * config.batch_size:(m + 1) * config.batch_size]].to(device)
-                with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
-                    loss = _loss(model, batch, config, teacher)
-                scaler.scale(loss / in_step).backward()
+
+                def backward(batch=batch, in_step=in_step) -> torch.Tensor:
+                    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16,
+                                        enabled=amp_dtype is not None):
+                        loss = _loss(model, batch, config, teacher)
+                    scaler.scale(loss / in_step).backward()
+                    return loss
+
+                loss = backward()
+                if m == 0 and not step_losses and scaler.is_enabled():
+                    loss = fit_loss_scale(backward, loss, scaler, params, opt)
                 acc += loss.detach().float() / in_step  # on the device: one sync per optimizer step
                 if m - first + 1 == in_step:
                     scaler.unscale_(opt)
                     if config.max_grad_norm > 0:
                         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+                    scale = scaler.get_scale()
                     scaler.step(opt)
                     scaler.update()
+                    skipped += int(scaler.is_enabled() and scaler.get_scale() < scale)
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                     step_losses.append(acc.item())
                     bar.update()
                     bar.set_postfix(loss=f"{step_losses[-1]:.4f}")
                     acc = torch.zeros((), device=device)
-    return step_losses
+    return step_losses, skipped
+
+
+MAX_SCALE_HALVINGS = 30
+
+
+def fit_loss_scale(backward: Callable[[], torch.Tensor], loss: torch.Tensor, scaler: torch.amp.GradScaler,
+                   params: list[torch.Tensor], opt: torch.optim.Optimizer) -> torch.Tensor:
+    """Halve ``scaler``'s scale until the gradients of one micro-batch are finite.
+
+    ``backward()`` runs the micro-batch's scaled forward and backward pass and returns its loss
+    (``loss``: the pass already made). On overflow the gradients are cleared and the pass redone
+    at half the scale; returns the loss of the pass whose gradients are kept. RuntimeError if
+    even 2^-30 of the first scale overflows (the loss itself is not finite)."""
+    for _ in range(MAX_SCALE_HALVINGS):
+        grads = [p.grad for p in params if p.grad is not None]
+        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            return loss
+        opt.zero_grad(set_to_none=True)
+        scaler.update(scaler.get_scale() / 2)
+        loss = backward()
+    raise RuntimeError(f"E2E-OQP: the gradients are not finite at any loss scale down to {scaler.get_scale():g} "
+                       f"(loss {float(loss):.4g}): the compressed model's float16 forward pass overflows")
 
 
 def _freeze_all(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
@@ -238,7 +276,7 @@ def train_scales(model: nn.Module, windows: torch.Tensor, config: E2EConfig = E2
         model.train()
         if teacher is not None:
             teacher.to(device).eval()
-        step_losses = _run_epochs(model, windows, groups, config, device, progress, amp_dtype, teacher)
+        step_losses, skipped = _run_epochs(model, windows, groups, config, device, progress, amp_dtype, teacher)
     finally:
         if config.gradient_checkpointing and not had_checkpointing:
             model.gradient_checkpointing_disable()
@@ -250,8 +288,12 @@ def train_scales(model: nn.Module, windows: torch.Tensor, config: E2EConfig = E2
         for p, requires_grad in flags:
             p.requires_grad_(requires_grad)
     train_seconds = time.perf_counter() - t_train
+    if skipped:
+        warnings.warn(f"E2E-OQP: {skipped} of {len(step_losses)} optimizer steps were skipped: their float16 "
+                      f"gradients overflowed even after the loss scale was fit", stacklevel=2)
     after = mean_loss(model, windows, config.batch_size, device) if evaluate else None
     return {"config": config.to_dict(), "windows": list(windows.shape), "steps": len(step_losses),
+            "skipped_steps": skipped,
             "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
             "loss_before": before, "loss_after": after, "step_losses": step_losses,
             "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,

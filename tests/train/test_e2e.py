@@ -158,3 +158,26 @@ def test_the_verb_keeps_the_dense_model_as_teacher():
     e2e = E2EConfig(epochs=1, lr=1e-3, batch_size=4, grad_accum=1, distill=0.5, temperature=2.0)
     report = gqsa.compress(model, GQSAConfig(e2e=e2e), calib_ids(8, 32), progress=False)
     assert report.stages["e2e_oqp"]["config"]["distill"] == 0.5 and report.stages["e2e_oqp"]["steps"] == 2
+
+
+def test_fit_loss_scale_halves_until_the_float16_gradients_are_finite():
+    """GradScaler's first scale 2^16 overflows a float16 gradient of 1000 per unit; the fit keeps
+    the largest power-of-two scale that does not (64: 1000 * 64 <= 65504 < 1000 * 128)."""
+    from gqsa.train.e2e import fit_loss_scale
+    p = torch.nn.Parameter(torch.ones(3))
+    scaler, opt = torch.amp.GradScaler("cpu", enabled=True), torch.optim.AdamW([p])
+
+    def backward():
+        loss = (p.half() * 1000).sum()
+        scaler.scale(loss).backward()
+        return loss
+
+    loss = fit_loss_scale(backward, backward(), scaler, [p], opt)
+    assert scaler.get_scale() == 64.0 and float(loss) == 3000.0
+    assert torch.equal(p.grad, torch.full((3,), 64000.0))
+    with pytest.raises(RuntimeError, match="not finite at any loss scale"):
+        def nan_backward():
+            loss = (p.half() * float("nan")).sum()
+            scaler.scale(loss).backward()
+            return loss
+        fit_loss_scale(nan_backward, nan_backward(), scaler, [p], opt)
