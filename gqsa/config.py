@@ -94,8 +94,8 @@ class E2EConfig:
         max_grad_norm: gradient clipping (EfficientQAT: 0.3; 0: none).
         warmup_ratio: fraction of the steps with a linear warmup before the cosine decay to 0.
         gradient_checkpointing: recompute each block's activations in the backward pass.
-        amp: mixed precision on CUDA (scales stay float32; see :func:`gqsa.train.e2e.autocast_dtype`); CPU is
-            always float32.
+        amp: bfloat16 autocast on CUDA (scales stay float32; a float16 model trains in float32 and
+            returns in float16: :mod:`gqsa.train.e2e`); CPU is always float32.
         seed: seed of the window order.
         distill: weight a of a distillation term: the loss is (1 - a) * LM loss + a * T^2 *
             KL(teacher || student) of the token distributions at temperature T, the teacher being

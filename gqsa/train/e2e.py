@@ -19,13 +19,21 @@ under the same names, so the saved state dict has the same keys, shapes and dtyp
 Memory: the packed model, nnz float32 scales with two AdamW moments (12 bytes per kept
 group), one block's activations at a time (gradient checkpointing) plus the checkpointed
 block inputs, and one dequantized [N, K] weight at a time on the reference path.
+
+Precision: on CUDA the forward passes run under bfloat16 autocast (``E2EConfig.amp``) with the
+model in float32 (or bfloat16). A float16 model is trained in float32 and returned in float16
+(its dense parts are not trained, so the round trip is exact); this costs twice the memory of
+its dense parts during the stage. Training it in float16 does not work on SmolLM2: its float16
+gradients overflow (its massive activations), so every optimizer step was skipped, both with
+GradScaler's default first scale and with one fitted on the first micro-batch (H200, 2026-12-02,
+W4 S50 G16, 64 windows: perplexity unchanged to the last digit, 615.755 and 838.764).
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 import time
-import warnings
 from typing import Any, Callable
 
 import torch
@@ -119,16 +127,12 @@ def _steps(n: int, config: E2EConfig) -> tuple[int, int]:
 
 
 def autocast_dtype(model_dtype: torch.dtype, device: torch.device, amp: bool) -> torch.dtype | None:
-    """The autocast dtype of E2E-OQP's forward passes, or None for none.
-
-    A half-precision model trains under autocast in its own dtype: float16 and bfloat16
-    tensors cannot meet in one autocast op (``index_put``, ``cat``: "Unexpected floating
-    ScalarType in at::autocast::prioritize"), and a float16 model's activations are float16.
-    A float32 model trains under bfloat16 autocast. CPU, or ``amp`` off: none.
-    """
+    """The autocast dtype of E2E-OQP's forward passes, or None for none: bfloat16 on CUDA with
+    ``amp`` (the model is then float32, or bfloat16 itself; a float16 model is trained in float32,
+    see :func:`train_scales`), none on the CPU or with ``amp`` off."""
     if not amp or device.type != "cuda":
         return None
-    return model_dtype if model_dtype in (torch.float16, torch.bfloat16) else torch.bfloat16
+    return torch.bfloat16
 
 
 def distill_loss(student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
@@ -144,7 +148,10 @@ def _loss(model: nn.Module, batch: torch.Tensor, config: E2EConfig, teacher: nn.
     out = model(input_ids=batch, labels=batch, use_cache=False)
     if not config.distill:
         return out.loss
-    with torch.no_grad():
+    # a float16 teacher runs in its own dtype: float16 and bfloat16 tensors cannot meet in one autocast op
+    # ("Unexpected floating ScalarType in at::autocast::prioritize")
+    own = next(teacher.parameters()).dtype == torch.float16
+    with torch.no_grad(), torch.autocast(batch.device.type, enabled=False) if own else contextlib.nullcontext():
         target = teacher(input_ids=batch, use_cache=False).logits
     return (1 - config.distill) * out.loss + config.distill * distill_loss(out.logits, target, config.temperature)
 
@@ -152,23 +159,13 @@ def _loss(model: nn.Module, batch: torch.Tensor, config: E2EConfig, teacher: nn.
 def _run_epochs(model: nn.Module, windows: torch.Tensor, groups: list[dict], config: E2EConfig,
                 device: torch.device, progress: bool, amp_dtype: torch.dtype | None,
                 teacher: nn.Module | None = None) -> list[float]:
-    """The training loop; returns the loss of every optimizer step (mean over its windows) and
-    the number of steps skipped for overflowing gradients.
-
-    Under float16 autocast the loss is scaled (``torch.amp.GradScaler``) so that small
-    gradients of the scales do not underflow. The scaler's first scale (2^16) overflows the
-    float16 gradients here, and each overflow skips a whole optimizer step: a short run (two
-    steps on 64 windows at the defaults) trained nothing (H200, 2026-12-02). So the scale is fit
-    on the first micro-batch first (:func:`fit_loss_scale`); a later overflow still skips its
-    step, and the count is returned.
-    """
+    """The training loop; returns the loss of every optimizer step (mean over its windows)."""
     params = [p for g in groups for p in g["params"]]
     opt = torch.optim.AdamW(groups, weight_decay=config.weight_decay)
     micro, total = _steps(windows.shape[0], config)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, warmup_cosine(total, math.ceil(total * config.warmup_ratio)))
-    scaler = torch.amp.GradScaler(device.type, enabled=amp_dtype == torch.float16)
     gen = torch.Generator().manual_seed(config.seed)
-    step_losses, skipped = [], 0
+    step_losses = []
     with tqdm(total=total, desc="e2e-oqp", disable=not progress) as bar:
         for _ in range(config.epochs):
             perm, acc = torch.randperm(windows.shape[0], generator=gen), torch.zeros((), device=device)
@@ -176,55 +173,21 @@ def _run_epochs(model: nn.Module, windows: torch.Tensor, groups: list[dict], con
                 first = m - m % config.grad_accum
                 in_step = min(config.grad_accum, micro - first)  # forward passes in this step
                 batch = windows[perm[m * config.batch_size:(m + 1) * config.batch_size]].to(device)
-
-                def backward(batch=batch, in_step=in_step) -> torch.Tensor:
-                    with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16,
-                                        enabled=amp_dtype is not None):
-                        loss = _loss(model, batch, config, teacher)
-                    scaler.scale(loss / in_step).backward()
-                    return loss
-
-                loss = backward()
-                if m == 0 and not step_losses and scaler.is_enabled():
-                    loss = fit_loss_scale(backward, loss, scaler, params, opt)
+                with torch.autocast(device.type, dtype=amp_dtype or torch.bfloat16, enabled=amp_dtype is not None):
+                    loss = _loss(model, batch, config, teacher)
+                (loss / in_step).backward()
                 acc += loss.detach().float() / in_step  # on the device: one sync per optimizer step
                 if m - first + 1 == in_step:
-                    scaler.unscale_(opt)
                     if config.max_grad_norm > 0:
                         torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                    scale = scaler.get_scale()
-                    scaler.step(opt)
-                    scaler.update()
-                    skipped += int(scaler.is_enabled() and scaler.get_scale() < scale)
+                    opt.step()
                     sched.step()
                     opt.zero_grad(set_to_none=True)
                     step_losses.append(acc.item())
                     bar.update()
                     bar.set_postfix(loss=f"{step_losses[-1]:.4f}")
                     acc = torch.zeros((), device=device)
-    return step_losses, skipped
-
-
-MAX_SCALE_HALVINGS = 30
-
-
-def fit_loss_scale(backward: Callable[[], torch.Tensor], loss: torch.Tensor, scaler: torch.amp.GradScaler,
-                   params: list[torch.Tensor], opt: torch.optim.Optimizer) -> torch.Tensor:
-    """Halve ``scaler``'s scale until the gradients of one micro-batch are finite.
-
-    ``backward()`` runs the micro-batch's scaled forward and backward pass and returns its loss
-    (``loss``: the pass already made). On overflow the gradients are cleared and the pass redone
-    at half the scale; returns the loss of the pass whose gradients are kept. RuntimeError if
-    even 2^-30 of the first scale overflows (the loss itself is not finite)."""
-    for _ in range(MAX_SCALE_HALVINGS):
-        grads = [p.grad for p in params if p.grad is not None]
-        if not grads or bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
-            return loss
-        opt.zero_grad(set_to_none=True)
-        scaler.update(scaler.get_scale() / 2)
-        loss = backward()
-    raise RuntimeError(f"E2E-OQP: the gradients are not finite at any loss scale down to {scaler.get_scale():g} "
-                       f"(loss {float(loss):.4g}): the compressed model's float16 forward pass overflows")
+    return step_losses
 
 
 def _freeze_all(model: nn.Module) -> list[tuple[nn.Parameter, bool]]:
@@ -259,7 +222,8 @@ def train_scales(model: nn.Module, windows: torch.Tensor, config: E2EConfig = E2
                          f"{windows.dtype}")
     device = torch.device(device) if device is not None else next(model.parameters()).device
     model.to(device)
-    amp_dtype = autocast_dtype(model.get_input_embeddings().weight.dtype, device, config.amp)
+    model_dtype = model.get_input_embeddings().weight.dtype
+    amp_dtype = autocast_dtype(model_dtype, device, config.amp)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
     t0 = time.perf_counter()
@@ -271,29 +235,29 @@ def train_scales(model: nn.Module, windows: torch.Tensor, config: E2EConfig = E2
     groups = [{"params": scales, "lr": config.lr}] + ([{"params": zeros, "lr": config.lr_zero}] if zeros else [])
     teacher_home = None if teacher is None else next(teacher.parameters()).device
     try:
+        if model_dtype == torch.float16:  # train in float32 (module doc), back to float16 below
+            model.float()
         if config.gradient_checkpointing:
             model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         model.train()
         if teacher is not None:
             teacher.to(device).eval()
-        step_losses, skipped = _run_epochs(model, windows, groups, config, device, progress, amp_dtype, teacher)
+        step_losses = _run_epochs(model, windows, groups, config, device, progress, amp_dtype, teacher)
     finally:
         if config.gradient_checkpointing and not had_checkpointing:
             model.gradient_checkpointing_disable()
             model.disable_input_require_grads()
         model.train(was_training)
         make_frozen(layers)
+        if model_dtype == torch.float16:
+            model.half()
         if teacher is not None:
             teacher.to(teacher_home)
         for p, requires_grad in flags:
             p.requires_grad_(requires_grad)
     train_seconds = time.perf_counter() - t_train
-    if skipped:
-        warnings.warn(f"E2E-OQP: {skipped} of {len(step_losses)} optimizer steps were skipped: their float16 "
-                      f"gradients overflowed even after the loss scale was fit", stacklevel=2)
     after = mean_loss(model, windows, config.batch_size, device) if evaluate else None
     return {"config": config.to_dict(), "windows": list(windows.shape), "steps": len(step_losses),
-            "skipped_steps": skipped,
             "trainable_parameters": sum(p.numel() for g in groups for p in g["params"]),
             "loss_before": before, "loss_after": after, "step_losses": step_losses,
             "seconds": time.perf_counter() - t0, "train_seconds": train_seconds,
