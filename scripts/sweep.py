@@ -384,10 +384,11 @@ def upgrade_accounting(out: Path) -> int:
     return changed
 
 
-def _block_linear_counts() -> tuple[int, int, int]:
-    """(rows, layers, weights) of SmolLM2's decoder-block linears, from its config."""
-    from transformers import AutoConfig
-    c = AutoConfig.from_pretrained(smollm2_path())
+def _block_linear_counts(c=None) -> tuple[int, int, int]:
+    """(rows, layers, weights) of the decoder-block linears of a LLaMA-style config (SmolLM2's by default)."""
+    if c is None:
+        from transformers import AutoConfig
+        c = AutoConfig.from_pretrained(smollm2_path())
     kv = c.num_key_value_heads * (c.hidden_size // c.num_attention_heads)
     shapes = [(c.hidden_size, c.hidden_size), (kv, c.hidden_size), (kv, c.hidden_size), (c.hidden_size, c.hidden_size),
               (c.intermediate_size, c.hidden_size), (c.intermediate_size, c.hidden_size),
