@@ -530,13 +530,20 @@ def write_page(page: Path, runs: list[dict[str, Any]], report: Path, args: argpa
              "`gqsa/size.py`, section Bits accounting below.\n"
              f"- Device: {first['device']}; date {first['date']}; torch {first['torch']}. Command: "
              "`python scripts/sweep.py` (each run's own command line is in its log).\n")
-    body = ["# Results: gqsa against RTN, GPTQ, SparseGPT and Wanda (SmolLM2-135M, CPU)\n\n",
+    body = ["# Results: gqsa against RTN, GPTQ, SparseGPT and Wanda (SmolLM2-135M, CPU)\n\n", CURRENT,
             headline(runs, args.texts), "\n## Setup\n\n", setup, "\n## Table\n\n", render_table(runs),
             f"\n![perplexity vs bits per weight]({rel}/ppl_vs_bits.png)\n", speed_section(runs, rel),
             layer_errors(runs), notes(args.out),
             f"\nPer-run logs: `{args.out}/<run>/run.json`. Regenerate: `python scripts/sweep.py` "
             "(skips runs that have a log; `--force` redoes them).\n"]
     page.write_text("".join(body))
+
+
+CURRENT = ("**This page is the CPU protocol's one-shot comparison** (16 x 512 calibration tokens, 4 windows "
+           "per text, bits in the packed format of its day). The current evidence is the GPU sweep on the same model "
+           "(128 x 2,048 calibration tokens, 32 windows of two texts, full multiple-choice sets, the training stages, "
+           "bits in the stored format): `docs/results/gpu/README.md`, summarized in the README's "
+           "\"Where it stands\".\n\n")
 
 
 def speed_section(runs: list[dict[str, Any]], rel: str) -> str:
