@@ -24,6 +24,8 @@ def test_compress_with_both_stages_then_info_eval_generate(model_dir, tmp_path, 
     assert main(["info", str(out)]) == 0
     shown = capsys.readouterr().out
     assert "bits_per_weight" in shown and "bqpo" in shown and "'format_version': 3" in shown
+    assert any(line.split() == ["format_version", "3"] for line in shown.splitlines())
+    assert "layers, " in shown and "model.layers.0.mlp" not in shown  # the per-layer table only with --layers
     results = tmp_path / "ppl.json"
     assert main(["eval", str(out), "--ppl", str(text), "--seqlen", "32", "--max-windows", "3",
                  "--json", str(results), "--device", "cpu"]) == 0

@@ -311,12 +311,26 @@ def cmd_generate(a: argparse.Namespace) -> int:
 def cmd_info(a: argparse.Namespace) -> int:
     from gqsa.app.jobs import folder_info
     info = folder_info(a.path, verify=not a.no_verify)
-    _table([(k, str(v)) for k, v in info.items() if k != "layers"])
+    rows = [(k, str(v)) for k, v in info.items() if k not in ("layers", "config")]
+    if "format_version" in info["config"]:
+        rows.insert(1, ("format_version", str(info["config"]["format_version"])))
+    rows.insert(-3, ("config", str(_config_summary(info["config"]))))
+    _table(rows)
     if a.layers:
         for layer in info["layers"]:
             print(f"  {layer['name']:<40} {layer['shape']}  sparsity {layer['sparsity']:.3f}  "
                   f"{layer['bits_per_weight']:.2f} bits/weight")
     return 0
+
+
+def _config_summary(config: dict) -> dict:
+    """The folder's config for display: a per-layer sparsity table shortened to its range (``--layers``
+    lists every layer)."""
+    per_layer = config.get("layer_sparsity")
+    if not isinstance(per_layer, dict) or not per_layer:
+        return config
+    v = sorted(per_layer.values())
+    return {**config, "layer_sparsity": f"{len(v)} layers, {v[0]:.3f} to {v[-1]:.3f} (--layers lists them)"}
 
 
 def cmd_demo(a: argparse.Namespace) -> int:

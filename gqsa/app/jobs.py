@@ -84,7 +84,7 @@ def generate_text(model_name: str, prompt: str, max_new_tokens: int, device: tor
 
 def folder_info(path: str | Path, verify: bool = True) -> dict[str, Any]:
     """Bytes on disk, the size accounting (:mod:`gqsa.size`: bits per weight of the compressed
-    linears and of all linears as format version 2 stores them, whole-model bytes), the folder's
+    linears and of all linears as format version 3 stores them, whole-model bytes), the folder's
     own quantization_config (its ``format_version`` included), per-layer sparsity and the stages that ran,
     of a gqsa folder or a baseline folder; ``verify``: check the weight files' sha256 first
     (``checksums`` says how many matched)."""
