@@ -181,7 +181,7 @@ class GQSAConfig:
             (:mod:`gqsa.allocation`). The result is written to ``layer_sparsity``.
         allocation_strength: OWL's lambda: the sparsities span ``sparsity`` +- this.
         bits_per_weight: a size budget instead of ``sparsity``: the stored bits per weight of the
-            compressed linears (format v2, every tensor counted as :mod:`gqsa.size` counts it)
+            compressed linears (format v3, every tensor counted as :mod:`gqsa.size` counts it)
             that the allocation must hit; it chooses the number of kept groups for that size,
             within half a step of one group per row of one linear (one group with
             ``balance="layer"``; on SmolLM2 at most 0.0004 bits; the target tolerance is 0.01),

@@ -71,7 +71,7 @@ def _add_compress(sub) -> None:
                         "every linear at --sparsity")
     p.add_argument("--bits-per-weight", type=float, default=None,
                    help="gqsa: a size budget instead of --sparsity: stored bits per weight of the compressed linears "
-                        "(format v2, as `gqsa info` counts them), hit within 0.01; the allocation spreads it")
+                        "(format v3, as `gqsa info` counts them), hit within 0.01; the allocation spreads it")
     p.add_argument("--allocation-strength", type=float, default=None,
                    help=f"gqsa: OWL's lambda, sparsities span sparsity +- this (default {d.allocation_strength})")
     p.add_argument("--protect-ratio", type=float, default=None,
