@@ -74,15 +74,37 @@ def test_reading_shards_from_a_file_gives_the_in_memory_shards(tmp_path, world_s
 
 
 @pytest.mark.parametrize("world_size", [2, 4])
-def test_reading_shards_from_a_version_2_file_gives_the_in_memory_shards(tmp_path, world_size):
-    """A folder stores format v2 (mask, not indices): the readers derive the index and read the codes' slices."""
+def test_reading_shards_from_a_lean_file_gives_the_in_memory_shards(tmp_path, world_size):
+    """A folder stores the lean format (mask, not indices): the readers derive the index and read the codes' slices."""
     from gqsa.format_v2 import from_v1, to_stored, to_v1
     from gqsa.shard import read_colwise_v2, read_rowwise_v2
 
-    p = to_v1(from_v1(_random_layer(bits=4, seed=5))[0])  # the layer as a v2 folder gives it back
+    p = to_v1(from_v1(_random_layer(bits=4, seed=5))[0])  # the layer as a folder gives it back
     save_file({f"layer.{n}": t.contiguous() for n, t in to_stored(p).items()}, tmp_path / "m.safetensors")
     shape = (p.out_features, p.in_features, p.group_size, p.bits)
     with safe_open(tmp_path / "m.safetensors", framework="pt") as f:
         for rank in range(world_size):
             _same(read_colwise_v2(f, "layer.", *shape, rank, world_size), colwise(p, rank, world_size))
             _same(read_rowwise_v2(f, "layer.", *shape, rank, world_size), rowwise(p, rank, world_size))
+
+
+@pytest.mark.parametrize("world_size", [2, 4])
+def test_reading_shards_from_a_version_2_folder_decodes_its_fp16_row_factors(tmp_path, world_size):
+    """A folder written in format version 2 (``row_scale`` [N] fp16 instead of ``layer_scale`` and
+    ``row_code``): each rank's shard equals the shard of the whole layer decoded as version 2."""
+    import torch
+
+    from gqsa.format_v2 import from_stored, from_v1
+    from gqsa.shard import read_colwise_v2, read_rowwise_v2
+
+    v3, _ = from_v1(_random_layer(bits=4, seed=6))
+    row_scale = v3.row_factors().to(torch.float16) * 1.5  # any positive fp16 factors
+    stored = {"codes": v3.codes, "mask": v3.mask, "row_scale": row_scale, "scale_codes": v3.scale_codes,
+              "zeros": v3.zeros}
+    save_file({f"layer.{n}": t.contiguous() for n, t in stored.items()}, tmp_path / "m.safetensors")
+    shape = (v3.out_features, v3.in_features, v3.group_size, v3.bits)
+    p = from_stored(stored, *shape, version=2)
+    with safe_open(tmp_path / "m.safetensors", framework="pt") as f:
+        for rank in range(world_size):
+            _same(read_colwise_v2(f, "layer.", *shape, rank, world_size, version=2), colwise(p, rank, world_size))
+            _same(read_rowwise_v2(f, "layer.", *shape, rank, world_size, version=2), rowwise(p, rank, world_size))
