@@ -169,8 +169,8 @@ def encode_scales(scales: torch.Tensor, rows: torch.Tensor, n: int
 
     Each scale is coded against its row's *decoded* factor, so decoding gives back the nearest
     grid point; a scale a hair above its factor (float32 rounding of the factor) takes code 255."""
-    s = scales.float().clamp_min(torch.finfo(torch.float16).tiny)
     tiny = torch.finfo(torch.float16).tiny
+    s = scales.float().clamp_min(tiny)
     top = torch.full((n,), tiny, device=s.device).scatter_reduce(0, rows, s, "amax")
     if rows.numel():  # rows without kept groups take the largest factor: never clamped, never read
         top = torch.where(torch.bincount(rows, minlength=n) > 0, top, top.max())
@@ -271,12 +271,6 @@ def validate_stored(tensors: dict[str, torch.Tensor], out_features: int, in_feat
                     (tensors["layer_scale"], "the layer scale factor"))
     if not bool((torch.isfinite(factor.float()) & (factor.float() > 0)).all()):
         raise ValueError(f"{name}: {what} is not a finite positive number")
-
-
-def validate_v2(p: PackedGQSv2, name: str = "layer") -> None:
-    """:func:`validate_stored` of a version-3 layer in memory."""
-    validate_stored({t: getattr(p, t) for t in TENSOR_NAMES_V3}, p.out_features, p.in_features, p.group_size,
-                    p.bits, FORMAT_V3, name)
 
 
 def to_stored(p: PackedGQS) -> dict[str, torch.Tensor]:

@@ -166,17 +166,17 @@ def roundtrip_model(model: nn.Module) -> dict[str, float | int]:
     grids, all else is exact), which is what saving and loading a folder does to them; returns the
     size accounting of version 1 and of the stored version over those layers
     (``stored_bits_per_weight``, ``format_version``, ``v1_bits_per_weight``, ``clamped_scales``)."""
-    v1_bytes = v2_bytes = weights = clamped = 0
+    v1_bytes = stored_bytes = weights = clamped = 0
     for m in model.modules():
         if isinstance(m, GQSLinear):
             p = m.packed()
-            v2, c = from_v1(p)
-            m.scales = to_v1(v2).scales
+            lean, c = from_v1(p)
+            m.scales = to_v1(lean).scales
             m.clear_kernel_plan()
-            v1_bytes, v2_bytes, clamped = v1_bytes + p.nbytes(), v2_bytes + v2.nbytes(), clamped + c
+            v1_bytes, stored_bytes, clamped = v1_bytes + p.nbytes(), stored_bytes + lean.nbytes(), clamped + c
             weights += m.in_features * m.out_features
     per_weight = 8 / max(weights, 1)
-    return {"v1_bits_per_weight": v1_bytes * per_weight, "stored_bits_per_weight": v2_bytes * per_weight,
+    return {"v1_bits_per_weight": v1_bytes * per_weight, "stored_bits_per_weight": stored_bytes * per_weight,
             "format_version": FORMAT_V3, "clamped_scales": clamped}
 
 

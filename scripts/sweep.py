@@ -367,13 +367,14 @@ def upgrade_accounting(out: Path) -> int:
     linears (none skipped in any run). The old figure is kept as ``bits_per_weight_v2``; the
     scores stay those measured with version 2's row factors (the conversion is near-lossless: the
     group codes are relative to the row factor; the same setting rerun on version 3 shows it)."""
-    changed = 0
+    changed, counts = 0, None
     for path in sorted(out.glob("*/run.json")):
         run = json.loads(path.read_text())
         lean = run["method"] == "gqsa" or run.get("settings", {}).get("scale_format") == "log8"
         if "format_version" in run or not lean:
             continue
-        rows, layers, weights = _block_linear_counts()
+        counts = counts or _block_linear_counts()  # read the model's config once
+        rows, layers, weights = counts
         run["bits_per_weight_v2"] = run["bits_per_weight"]
         run["bits_per_weight"] -= (8 * rows - 32 * layers) / weights
         run["format_version"] = 3

@@ -174,7 +174,7 @@ def bench_v2(p: PackedGQS, xs: dict, name: str, v1_floor_us: float) -> list[dict
     plan = build_plan_v2(p2)
     # what the kernel reads: the stored tensors but the row codes and the layer factor, which the plan
     # decodes into float32 row factors, plus the plan's columns and row pointers
-    nbytes = (p2.nbytes() - p2.row_code.numel() - 4 + 4 * plan.row_factor.numel()
+    nbytes = (p2.nbytes() - p2.row_code.numel() - 4 * p2.layer_scale.numel() + 4 * plan.row_factor.numel()
               + plan.col.numel() * plan.col.element_size() + plan.row_ptr.numel() * 4)
     copies = [(p2, plan)] + [(q, build_plan_v2(q)) for q in (_clone_v2(p2) for _ in range(copies_for(nbytes) - 1))]
     floor_us = read_floor_us(nbytes)[0]
